@@ -1,0 +1,1 @@
+"""The reference gallery: located photo embeddings in Qdrant, behind one small interface."""

@@ -1,0 +1,135 @@
+"""The Gallery interface every backend implements, and the payload schema they share.
+
+One Qdrant collection holds every reference collection of the platform; a photo's reference collection,
+S2 leaf cell, location, source and embedding model are payload, indexed before the first upsert.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geoloc.cells import leaf_int64
+
+QDRANT_COLLECTION = "geoloc"
+VECTOR_NAME = "image"
+
+# payload field -> index kind; created before any upsert (filtered search is 400x slower without them)
+PAYLOAD_INDEXES = {
+    "collection": "keyword",
+    "s2": "integer",
+    "location": "geo",
+    "model": "keyword",
+    "sha256": "keyword",
+}
+
+
+class GalleryError(RuntimeError):
+    """A gallery operation that a user can act on (wrong model, unreachable server, bad dimension)."""
+
+
+def make_payload(collection: str, lat: float, lon: float, source: str, model_id: str, sha256: str,
+                 extra: dict | None = None) -> dict:
+    return {
+        "collection": collection,
+        "s2": leaf_int64(lat, lon),
+        "location": {"lat": float(lat), "lon": float(lon)},
+        "source": source,
+        "model": model_id,
+        "sha256": sha256,
+        "extra": dict(extra or {}),
+    }
+
+
+@dataclass
+class GalleryPoint:
+    id: str
+    vector: np.ndarray
+    payload: dict
+
+
+@dataclass
+class SearchFilter:
+    """Conditions AND-ed together; cell_ranges are OR-ed inclusive ranges of shifted S2 leaf ids."""
+
+    collections: Sequence[str] | None = None
+    cell_ranges: Sequence[tuple[int, int]] | None = None
+    radius: tuple[float, float, float] | None = None  # lat, lon, km
+    box: tuple[float, float, float, float] | None = None  # south, west, north, east
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict
+    vector: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def lat(self) -> float:
+        return float(self.payload["location"]["lat"])
+
+    @property
+    def lon(self) -> float:
+        return float(self.payload["location"]["lon"])
+
+
+class Gallery(ABC):
+    """Located photo embeddings. Implementations: gallery.edge (embedded) and gallery.server."""
+
+    dim: int
+
+    @abstractmethod
+    def upsert(self, points: Sequence[GalleryPoint]) -> None:
+        """Insert or overwrite points by id (idempotent), searchable on return."""
+
+    @abstractmethod
+    def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[Hit]:
+        """Top-k by cosine similarity among the points matching `where` (exact search)."""
+
+    @abstractmethod
+    def count(self, where: SearchFilter | None = None) -> int: ...
+
+    @abstractmethod
+    def collections(self) -> dict[str, int]:
+        """Reference collection name -> photo count."""
+
+    @abstractmethod
+    def delete(self, where: SearchFilter | None = None, ids: Sequence[str] | None = None) -> int:
+        """Delete the points matching `where` and/or with these ids; returns how many went."""
+
+    @abstractmethod
+    def scroll(self, where: SearchFilter | None = None, with_vectors: bool = False,
+               batch: int = 512) -> Iterator[Hit]:
+        """Every matching point once (score 0)."""
+
+    @abstractmethod
+    def retrieve(self, ids: Sequence[str]) -> list[Hit]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def delete_collection(self, name: str) -> int:
+        return self.delete(SearchFilter(collections=[name]))
+
+    def embedding_model(self) -> str | None:
+        """The model id of the stored embeddings (None while empty)."""
+        first = next(iter(self.scroll(batch=1)), None)
+        return None if first is None else first.payload.get("model")
+
+    def check_model(self, model_id: str) -> None:
+        """Refuse to mix embeddings of two models: their similarities mean nothing to each other."""
+        stored = self.embedding_model()
+        if stored is not None and stored != model_id:
+            raise GalleryError(
+                f"this gallery holds embeddings of model '{stored}', not '{model_id}': "
+                f"search it with that model, or re-embed the gallery for the new one")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

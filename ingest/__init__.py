@@ -1,0 +1,1 @@
+"""Sources of geotagged photos -> validated records, with a reason for everything skipped."""
