@@ -1,0 +1,70 @@
+"""From the K most similar located photos to one answer (paper 3.4; kNN density from Revisiting IM2GPS).
+
+Every aggregator takes the neighbours' coordinates and similarities, most similar first, and returns the
+answer and the indices of the neighbours that support it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import DBSCAN
+
+from geoloc.geodesy import EARTH_RADIUS_KM, haversine_km, spherical_mean
+
+
+@dataclass
+class Estimate:
+    lat: float
+    lon: float
+    support: list[int]  # indices of the neighbours the answer rests on
+
+
+def cluster(lat, lon, scores, eps_km: float = 1.0, min_samples: int = 1) -> Estimate:
+    """DBSCAN on great-circle distance, largest cluster (tie: the one holding the most similar photo),
+    answered by its spherical mean."""
+    lat, lon, scores = map(np.asarray, (lat, lon, scores))
+    coords = np.radians(np.stack([lat, lon], axis=1))
+    labels = DBSCAN(eps=eps_km / EARTH_RADIUS_KM, min_samples=min_samples, metric="haversine",
+                    algorithm="ball_tree").fit_predict(coords)
+    best, best_key = None, None
+    for label in set(labels.tolist()) - {-1}:
+        members = np.flatnonzero(labels == label)
+        key = (len(members), scores[members].max())
+        if best_key is None or key > best_key:
+            best, best_key = members, key
+    if best is None:  # only noise (possible when min_samples > 1): fall back to the top photo
+        best = np.array([int(np.argmax(scores))])
+    mean_lat, mean_lon = spherical_mean(lat[best], lon[best])
+    return Estimate(mean_lat, mean_lon, best.tolist())
+
+
+def nearest(lat, lon, scores) -> Estimate:
+    """The location of the single most similar photo."""
+    i = int(np.argmax(scores))
+    return Estimate(float(lat[i]), float(lon[i]), [i])
+
+
+def mean(lat, lon, scores) -> Estimate:
+    """Spherical mean of all K neighbours (the paper's 'average' ablation)."""
+    mean_lat, mean_lon = spherical_mean(lat, lon)
+    return Estimate(mean_lat, mean_lon, list(range(len(lat))))
+
+
+def kernel_density(lat, lon, scores, sigma_km: float = 100.0, power: float = 10.0) -> Estimate:
+    """Weighted Gaussian kernel density over the neighbours (weights s^m), maximised over their locations.
+
+    Candidates are the neighbours' own locations, as the density's modes lie at or near them.
+    """
+    lat, lon, scores = map(np.asarray, (lat, lon, scores))
+    weights = np.clip(scores, 1e-6, None) ** power
+    dist = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+    kernel = np.exp(-0.5 * (dist / sigma_km) ** 2)
+    density = kernel @ weights
+    i = int(np.argmax(density))
+    support = np.flatnonzero(dist[i] <= 2 * sigma_km)
+    return Estimate(float(lat[i]), float(lon[i]), support.tolist())
+
+
+AGGREGATORS = {"cluster": cluster, "nn": nearest, "kde": kernel_density, "mean": mean}

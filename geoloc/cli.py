@@ -1,0 +1,175 @@
+"""The `geoloc` command line: index, locate, collections, drop (and the model and service commands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gallery.base import GalleryError
+from geoloc.locate import LocateError
+from geoloc.settings import Settings
+from ingest.images import ImageError
+from ingest.sources import SourceError
+
+USER_ERRORS = (SourceError, GalleryError, LocateError, ImageError, FileNotFoundError, ValueError)
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit status 2."""
+
+
+def _settings(args) -> Settings:
+    settings = Settings()
+    if getattr(args, "bundle", None):
+        settings.bundle = args.bundle
+    if getattr(args, "device", None):
+        settings.device = args.device
+    if getattr(args, "batch_size", None):
+        settings.batch_size = args.batch_size
+    return settings
+
+
+def _open(settings: Settings, embedder=None):
+    from gallery.open import open_gallery
+
+    return open_gallery(settings, dim=embedder.dim if embedder else None)
+
+
+def _embedder(settings: Settings):
+    from geoloc.embedding import Embedder
+
+    return Embedder.from_settings(settings)
+
+
+def cmd_index(args) -> int:
+    from geoloc.indexing import check_collection_name, index_records
+    from ingest.sources import count_items, iter_source
+
+    check_collection_name(args.collection)
+    path = Path(args.source)
+    total = count_items(path)
+    settings = _settings(args)
+    embedder = _embedder(settings)
+    with _open(settings, embedder) as gallery, tqdm(total=total, unit="photo", desc="indexing") as bar:
+        report = index_records(iter_source(path), args.collection, gallery, embedder,
+                               batch_size=settings.batch_size, source=str(path),
+                               progress=lambda _: bar.update())
+        in_collection = gallery.collections().get(args.collection, 0)
+    saved = report.save(settings.reports_dir)
+    print(f"indexed {report.indexed} photos into '{args.collection}' ({in_collection} in the collection) "
+          f"in {report.seconds:.1f} s")
+    for reason, count in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
+        print(f"  skipped {count}: {reason}")
+    print(f"report: {saved}")
+    return 0
+
+
+def cmd_locate(args) -> int:
+    from geoloc.locate import Locator
+    from ingest.images import open_image, to_rgb
+
+    settings = _settings(args)
+    embedder = _embedder(settings)
+    failures = 0
+    results = []
+    with _open(settings, embedder) as gallery:
+        locator = Locator(embedder, gallery, k=args.k, aggregator=args.aggregator,
+                          collections=args.collections, top_cells=args.top_cells)
+        locator.check_ready()
+        for name in args.images:
+            try:
+                image = to_rgb(open_image(Path(name).read_bytes()))
+            except (OSError, ImageError) as exc:
+                print(f"geoloc: error: {name}: cannot read this photo ({exc})", file=sys.stderr)
+                failures += 1
+                continue
+            answer = locator.locate([image])[0]
+            results.append({"image": name, **answer.to_dict()})
+            if not args.json:
+                _print_answer(name, answer)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failures else 0
+
+
+def _print_answer(name: str, answer) -> None:
+    print(f"{name}: {answer.lat:.5f}, {answer.lon:.5f}  "
+          f"({answer.method}, cluster of {answer.cluster_size}/{len(answer.neighbours)})")
+    if answer.cell:
+        print(f"  cell {answer.cell['token']} p={answer.cell['probability']:.2f}  "
+              f"confidence {answer.confidence:.2f}")
+    for n in answer.neighbours[:5]:
+        print(f"  {n.similarity:6.3f}  {n.km:8.1f} km  {n.collection}/{n.source}")
+
+
+def cmd_collections(args) -> int:
+    with _open(_settings(args)) as gallery:
+        names = gallery.collections()
+    if not names:
+        print("the gallery is empty")
+    for name, count in sorted(names.items()):
+        print(f"{name}\t{count}")
+    return 0
+
+
+def cmd_drop(args) -> int:
+    with _open(_settings(args)) as gallery:
+        if args.name not in gallery.collections():
+            raise UserError(f"no collection named '{args.name}'")
+        removed = gallery.delete_collection(args.name)
+    print(f"dropped '{args.name}': {removed} photos removed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoloc", description="Where was this photo taken?")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p):
+        p.add_argument("--bundle", help="model bundle directory (classifier + RRM); default: retrieval only")
+        p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+        p.add_argument("--batch-size", type=int, help="photos per backbone batch")
+
+    p = sub.add_parser("index", help="index a folder of geotagged photos or a CSV manifest")
+    p.add_argument("source", help="folder (recursive, EXIF GPS) or CSV manifest filename,lat,lon[,...]")
+    p.add_argument("--collection", required=True, help="reference collection to add the photos to")
+    model_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("locate", help="estimate where photos were taken")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--json", action="store_true", help="print answers as JSON")
+    p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
+    p.add_argument("--aggregator", default="cluster", choices=["cluster", "nn", "kde", "mean"])
+    p.add_argument("--collections", nargs="*", help="search only these collections")
+    p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
+    model_options(p)
+    p.set_defaults(func=cmd_locate)
+
+    p = sub.add_parser("collections", help="list reference collections and their photo counts")
+    p.set_defaults(func=cmd_collections)
+
+    p = sub.add_parser("drop", help="delete a reference collection")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_drop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, *USER_ERRORS) as exc:
+        print(f"geoloc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geoloc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

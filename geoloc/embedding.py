@@ -1,0 +1,56 @@
+"""Photos -> gallery vectors: backbone features, then the RRM when a model bundle is loaded.
+
+Indexing and locating both go through here, so a gallery and its queries always share one model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from geoloc.settings import Settings
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class Embedder:
+    def __init__(self, backbone, bundle=None):
+        self.backbone = backbone
+        self.bundle = bundle
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Embedder":
+        from models.backbone import Backbone
+
+        bundle = None
+        if settings.bundle:
+            from models.bundle import load_bundle
+
+            bundle = load_bundle(settings.bundle)
+        name = bundle.backbone_name if bundle else settings.backbone
+        backbone = Backbone(name, checkpoint=settings.checkpoint, device=settings.device,
+                            batch_size=settings.batch_size)
+        if bundle is not None and bundle.backbone_model_id != backbone.model_id:
+            raise ValueError(f"bundle was trained on backbone '{bundle.backbone_model_id}', "
+                             f"but '{backbone.model_id}' is loaded")
+        return cls(backbone, bundle)
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id if self.bundle else self.backbone.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    def features(self, images: list[Image.Image]) -> np.ndarray:
+        return self.backbone.features(images)
+
+    def vectors(self, features: np.ndarray) -> np.ndarray:
+        """Backbone features -> L2-normalised gallery vectors (RRM embeddings under a bundle)."""
+        if self.bundle is not None:
+            return l2_normalise(self.bundle.embed(features))
+        return l2_normalise(features)
