@@ -68,37 +68,76 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_locate(args) -> int:
-    from geoloc.locate import Locator
+def _query_batches(names: list[str], batch_size: int):
+    """(name, image or None, truth or None, error) in batches: CSV manifests carry truth, photos don't."""
     from ingest.images import open_image, to_rgb
+    from ingest.records import PhotoRecord
+    from ingest.sources import iter_source
+
+    def items():
+        for name in names:
+            if name.lower().endswith(".csv"):
+                for record in iter_source(name):
+                    if isinstance(record, PhotoRecord):
+                        yield record.source, record.image, (record.lat, record.lon), None
+                    else:
+                        yield record.source, None, None, record.reason
+                continue
+            try:
+                yield name, to_rgb(open_image(Path(name).read_bytes())), None, None
+            except (OSError, ImageError) as exc:
+                yield name, None, None, getattr(exc, "strerror", None) or str(exc)
+
+    batch = []
+    for item in items():
+        batch.append(item)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cmd_locate(args) -> int:
+    from geoloc.evaluation import accuracy, errors_km
+    from geoloc.locate import Locator
 
     settings = _settings(args)
     embedder = _embedder(settings)
-    failures = 0
-    results = []
+    failures, results, errors = 0, [], []
     with _open(settings, embedder) as gallery:
         locator = Locator(embedder, gallery, k=args.k, aggregator=args.aggregator,
                           collections=args.collections, top_cells=args.top_cells)
         locator.check_ready()
-        for name in args.images:
-            try:
-                image = to_rgb(open_image(Path(name).read_bytes()))
-            except (OSError, ImageError) as exc:
-                print(f"geoloc: error: {name}: cannot read this photo ({exc})", file=sys.stderr)
-                failures += 1
-                continue
-            answer = locator.locate([image])[0]
-            results.append({"image": name, **answer.to_dict()})
-            if not args.json:
-                _print_answer(name, answer)
+        for batch in _query_batches(args.images, settings.batch_size):
+            for name, _, _, error in batch:
+                if error:
+                    print(f"geoloc: error: {name}: cannot use this photo ({error})", file=sys.stderr)
+                    failures += 1
+            usable = [item for item in batch if item[1] is not None]
+            answers = locator.locate([image for _, image, _, _ in usable]) if usable else []
+            for (name, _, truth, _), answer in zip(usable, answers):
+                result = {"image": name, **answer.to_dict()}
+                if truth:
+                    result["error_km"] = float(errors_km(answer.lat, answer.lon, *truth))
+                    errors.append(result["error_km"])
+                results.append(result)
+                if not args.json:
+                    _print_answer(name, answer, result.get("error_km"))
+    summary = accuracy(errors) if errors else None
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"answers": results, "accuracy": summary}, indent=2))
+    elif summary:
+        print("accuracy over %d photos with known location: " % summary["n"]
+              + ", ".join(f"{k} {v:.1f}%" for k, v in summary.items() if k.endswith("km") and k != "median_km")
+              + f"; median error {summary['median_km']:.0f} km")
     return 1 if failures else 0
 
 
-def _print_answer(name: str, answer) -> None:
+def _print_answer(name: str, answer, error_km: float | None = None) -> None:
+    truth = "" if error_km is None else f"  [{error_km:.1f} km from the truth]"
     print(f"{name}: {answer.lat:.5f}, {answer.lon:.5f}  "
-          f"({answer.method}, cluster of {answer.cluster_size}/{len(answer.neighbours)})")
+          f"({answer.method}, cluster of {answer.cluster_size}/{len(answer.neighbours)}){truth}")
     if answer.cell:
         print(f"  cell {answer.cell['token']} p={answer.cell['probability']:.2f}  "
               f"confidence {answer.confidence:.2f}")
@@ -125,6 +164,16 @@ def cmd_drop(args) -> int:
     return 0
 
 
+def cmd_split(args) -> int:
+    from geoloc.splits import split_manifest
+
+    gallery_csv, queries_csv, counts = split_manifest(Path(args.manifest), Path(args.out), args.by,
+                                                      args.query_fraction, args.seed)
+    print(f"{counts['gallery']} gallery photos -> {gallery_csv}")
+    print(f"{counts['queries']} query photos -> {queries_csv}  (no '{args.by}' on both sides)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoloc", description="Where was this photo taken?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("locate", help="estimate where photos were taken")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="photos, or CSV manifests (their lat/lon are scored)")
     p.add_argument("--json", action="store_true", help="print answers as JSON")
     p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
     p.add_argument("--aggregator", default="cluster", choices=["cluster", "nn", "kde", "mean"])
@@ -149,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
     model_options(p)
     p.set_defaults(func=cmd_locate)
+
+    p = sub.add_parser("split", help="split a CSV manifest into gallery and query manifests by a column")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True, help="folder for gallery.csv and queries.csv")
+    p.add_argument("--by", default="photographer", help="column whose values never straddle the split")
+    p.add_argument("--query-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("collections", help="list reference collections and their photo counts")
     p.set_defaults(func=cmd_collections)
