@@ -1,0 +1,1 @@
+"""Image backbones that turn photos into embedding vectors."""

