@@ -40,7 +40,7 @@ def _degrees(dms, ref, negative_ref: str) -> float:
         raise GpsError("invalid_gps")
     values = [_rational(p) for p in parts] + [0.0] * (3 - len(parts))
     deg, minutes, seconds = values
-    if minutes < 0 or seconds < 0 or minutes >= 60 or seconds >= 60:
+    if not (0 <= minutes <= 60 and 0 <= seconds <= 60):  # 60 itself appears through writers' rounding
         raise GpsError("invalid_gps")
     total = abs(deg) + minutes / 60 + seconds / 3600
     sign = -1 if deg < 0 else 1  # some writers sign the degrees and omit the reference
