@@ -174,6 +174,24 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    from geoloc.features import extract_features
+    from ingest.sources import count_items
+    from models.backbone import Backbone
+
+    settings = _settings(args)
+    total = count_items(Path(args.source))
+    out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+    backbone = Backbone(settings.backbone, checkpoint=settings.checkpoint, device=settings.device,
+                        batch_size=settings.batch_size)
+    with tqdm(total=total, unit="photo", desc="features") as bar:
+        features, skipped = extract_features(args.source, out, backbone, progress=bar.update)
+    print(f"{len(features)} photos x {features.features.shape[1]} features ({features.model_id}) -> {out}")
+    for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
+        print(f"  skipped {count}: {reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoloc", description="Where was this photo taken?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("features", help="cache backbone features of a labelled source (resumable)")
+    p.add_argument("source", help="folder or CSV manifest (a 'photographer' column is kept for splits)")
+    p.add_argument("--out", required=True, help="output .npz file")
+    model_options(p)
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("collections", help="list reference collections and their photo counts")
     p.set_defaults(func=cmd_collections)
