@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
+
+torch.set_num_threads(1)
+
+# Two pairs on orthogonal unit vectors: query i and its positive coincide (similarity 1), the other
+# pair's positive is orthogonal (similarity 0).
+Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+CELLS = torch.tensor([0, 1])
+
+
+def bank_of(vectors, cells):
+    bank = MemoryBank(size=16)
+    bank.enqueue(torch.tensor(vectors), torch.tensor(cells))
+    return bank
+
+
+def test_info_nce_by_hand():
+    # each query: -log(e^(1/tau) / (e^(1/tau) + e^0)) = log(1 + e^-2) with tau = 0.5
+    assert info_nce(Q, Q.clone(), CELLS, tau=0.5).item() == pytest.approx(0.1269280110, abs=1e-6)
+
+
+def test_info_nce_with_bank_by_hand():
+    # the bank holds [1, 0] labelled cell 1: a negative of similarity 1 for query 0 (cell 0), masked
+    # for query 1 (same cell). Query 0: log(2 + e^-2); query 1: log(1 + e^-2).
+    bank = bank_of([[1.0, 0.0]], [1])
+    loss = info_nce(Q, Q.clone(), CELLS, bank, tau=0.5)
+    assert loss.item() == pytest.approx((math.log(2 + math.exp(-2)) + math.log(1 + math.exp(-2))) / 2, abs=1e-6)
+    assert loss.item() == pytest.approx(0.4427758434, abs=1e-6)
+
+
+def test_same_cell_bank_entries_are_never_negatives():
+    q, cell = Q[:1], CELLS[:1]
+    # three copies of the query in the bank, labelled with its own cell: all masked, only the
+    # positive is left, so the loss is -log 1 = 0
+    same = bank_of([[1.0, 0.0]] * 3, [0] * 3)
+    assert info_nce(q, q.clone(), cell, same, tau=0.5).item() == pytest.approx(0.0, abs=1e-7)
+    # the same vectors labelled with another cell are negatives as similar as the positive: log 4
+    foreign = bank_of([[1.0, 0.0]] * 3, [7] * 3)
+    assert info_nce(q, q.clone(), cell, foreign, tau=0.5).item() == pytest.approx(math.log(4), abs=1e-6)
+
+
+def test_same_cell_batch_entries_are_never_negatives():
+    # a third pair from cell 0, identical to pair 0, is masked for pairs 0 and 2 (log(1 + e^-2) each)
+    # and is a second negative for pair 1 (log(1 + 2 e^-2))
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    loss = info_nce(q, q.clone(), torch.tensor([0, 1, 0]), tau=0.5)
+    e = math.exp(-2)
+    assert loss.item() == pytest.approx((2 * math.log(1 + e) + math.log(1 + 2 * e)) / 3, abs=1e-6)
+
+
+def test_bank_is_fifo_with_a_size_cap():
+    bank = MemoryBank(size=5)
+    for start in (0, 2, 4):
+        emb = torch.arange(start, start + 2, dtype=torch.float32)[:, None].repeat(1, 3).requires_grad_()
+        bank.enqueue(emb * 1, torch.arange(start, start + 2))
+    assert len(bank) == 5
+    assert bank.cells.tolist() == [1, 2, 3, 4, 5]
+    assert bank.embeddings[:, 0].tolist() == [1, 2, 3, 4, 5]
+    assert not bank.embeddings.requires_grad
+
+
+def test_rrm_outputs_unit_vectors_and_starts_as_the_normalised_input():
+    torch.manual_seed(0)
+    rrm = RRM(dim=16, hidden=32)
+    z = torch.randn(5, 16) * 3 + 1
+    out = rrm(z)
+    assert out.shape == (5, 16)
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert torch.allclose(out, F.normalize(rrm.norm_out(rrm.norm_in(z)), dim=-1), atol=1e-6)
+    assert (rrm.dim, rrm.hidden) == (16, 32)
+
+
+def test_sampler_draws_one_pair_of_distinct_photos_per_cell():
+    cells = np.array([0, 0, 0, 1, 1, 2, -1, 3, 3, 3, 3])  # cell 2 has one photo, -1 is unassigned
+    sampler = CellPairSampler(cells, seed=0)
+    assert len(sampler) == 3
+    seen = set()
+    for _ in range(30):
+        q, p, c = sampler.epoch()
+        assert sorted(c.tolist()) == [0, 1, 3]
+        assert np.all(q != p)
+        assert np.array_equal(cells[q], c) and np.array_equal(cells[p], c)
+        seen.add(tuple(q))
+    assert len(seen) > 1  # epochs draw new pairs
+    again = CellPairSampler(cells, seed=0)
+    first = CellPairSampler(cells, seed=0).epoch()
+    assert all(np.array_equal(a, b) for a, b in zip(again.epoch(), first))
