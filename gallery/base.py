@@ -51,9 +51,26 @@ class GalleryPoint:
     payload: dict
 
 
+def float_bounds(lo: int, hi: int) -> tuple[float, float]:
+    """An inclusive range of shifted S2 leaf ids as the float bounds Qdrant's range filter takes.
+
+    Qdrant ranges are f64 (53-bit mantissa) while leaf ids use 64 bits, so a cell's own bounds are not
+    f64 numbers. Leaf ids are odd, and the even numbers just outside a cell of level <= 25 are multiples
+    of 2**11, which f64 holds exactly: widening each bound to them gives exact bounds that no leaf
+    equals, so the filter selects exactly the cell once Qdrant compares in int64 (its integer index does).
+    """
+    gte, lte = lo - (lo & 1), hi + (hi & 1)
+    if int(float(gte)) != gte or int(float(lte)) != lte:
+        raise ValueError(f"cell range [{lo}, {hi}] is finer than S2 level 25: a float range cannot hold it")
+    return float(gte), float(lte)
+
+
 @dataclass
 class SearchFilter:
-    """Conditions AND-ed together; cell_ranges are OR-ed inclusive ranges of shifted S2 leaf ids."""
+    """Conditions AND-ed together; cell_ranges are OR-ed inclusive ranges of shifted S2 leaf ids.
+
+    None leaves a condition out; an empty list matches nothing (no collection, no cell).
+    """
 
     collections: Sequence[str] | None = None
     cell_ranges: Sequence[tuple[int, int]] | None = None
@@ -80,7 +97,7 @@ class Hit:
 class Gallery(ABC):
     """Located photo embeddings. Implementations: gallery.edge (embedded) and gallery.server."""
 
-    dim: int
+    dim: int  # embedding dimension, fixed when the gallery is created
 
     @abstractmethod
     def upsert(self, points: Sequence[GalleryPoint]) -> None:
@@ -88,7 +105,10 @@ class Gallery(ABC):
 
     @abstractmethod
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[Hit]:
-        """Top-k by cosine similarity among the points matching `where` (exact search)."""
+        """Top-k by cosine similarity among the points matching `where`.
+
+        Exact whenever `where` is given (SwC's in-cell search); unfiltered searches may use HNSW once built.
+        """
 
     @abstractmethod
     def count(self, where: SearchFilter | None = None) -> int: ...
@@ -99,7 +119,8 @@ class Gallery(ABC):
 
     @abstractmethod
     def delete(self, where: SearchFilter | None = None, ids: Sequence[str] | None = None) -> int:
-        """Delete the points matching `where` and/or with these ids; returns how many went."""
+        """Delete the points matching `where` and having one of these ids (either may be left out,
+        not both: SearchFilter() matches every point); returns how many went."""
 
     @abstractmethod
     def scroll(self, where: SearchFilter | None = None, with_vectors: bool = False,
@@ -111,6 +132,9 @@ class Gallery(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def optimize(self) -> None:
+        """Maintenance: build the vector index where the backend does not do it in the background."""
 
     def delete_collection(self, name: str) -> int:
         return self.delete(SearchFilter(collections=[name]))

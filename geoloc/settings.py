@@ -19,6 +19,15 @@ def data_home() -> Path:
     return home
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 @dataclass
 class Settings:
     home: Path = field(default_factory=data_home)
@@ -29,6 +38,12 @@ class Settings:
     batch_size: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_BATCH_SIZE", "32")))
     qdrant_url: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_QDRANT_URL"))
     qdrant_api_key: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_QDRANT_API_KEY"))
+    # collection options, used when the server collection is created (an existing one keeps its own)
+    qdrant_shards: int | None = field(default_factory=lambda: _env_int("GEOLOC_QDRANT_SHARDS"))
+    qdrant_replication: int | None = field(default_factory=lambda: _env_int("GEOLOC_QDRANT_REPLICATION"))
+    qdrant_on_disk: bool = field(default_factory=lambda: _env_flag("GEOLOC_QDRANT_ON_DISK"))
+    qdrant_int8: bool = field(default_factory=lambda: _env_flag("GEOLOC_QDRANT_INT8"))
+    qdrant_timeout: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_QDRANT_TIMEOUT", "30")))
 
     @property
     def gallery_dir(self) -> Path:

@@ -1,0 +1,20 @@
+"""Open the gallery the settings point at: a Qdrant server when GEOLOC_QDRANT_URL is set, else Edge on disk."""
+
+from __future__ import annotations
+
+from gallery.base import Gallery
+from geoloc.settings import Settings
+
+
+def open_gallery(settings: Settings, dim: int | None = None) -> Gallery:
+    """`dim=None` opens an existing gallery whatever its dimension; creating one needs it."""
+    if settings.qdrant_url:
+        from gallery.server import ServerGallery
+
+        return ServerGallery(settings.qdrant_url, dim, api_key=settings.qdrant_api_key,
+                             shard_number=settings.qdrant_shards, replication_factor=settings.qdrant_replication,
+                             on_disk=settings.qdrant_on_disk, int8_quantization=settings.qdrant_int8,
+                             timeout=settings.qdrant_timeout)
+    from gallery.edge import EdgeGallery
+
+    return EdgeGallery(settings.gallery_dir, dim)
