@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.evaluation import photographer_folds
+from ingest.sources import resolve_manifest_path
 
 
 def split_manifest(manifest: Path, out: Path, by: str = "photographer", query_fraction: float = 0.2,
@@ -22,8 +23,7 @@ def split_manifest(manifest: Path, out: Path, by: str = "photographer", query_fr
         raise ValueError(f"{manifest}: no column '{by}' to split by (columns: {', '.join(fields)})")
     folds = photographer_folds([r[by] for r in rows], k=max(2, round(1 / query_fraction)), seed=seed)
     for row in rows:
-        name = Path(row["filename"])
-        row["filename"] = str(name if name.is_absolute() else (manifest.parent / name).resolve())
+        row["filename"] = str(resolve_manifest_path(manifest, row["filename"]).resolve())
     out.mkdir(parents=True, exist_ok=True)
     paths = {"gallery": out / "gallery.csv", "queries": out / "queries.csv"}
     counts = {}

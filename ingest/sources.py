@@ -65,6 +65,16 @@ def _folder_items(root: Path) -> Iterator[_Item]:
         yield _Item(str(path.relative_to(root)), path)
 
 
+def resolve_manifest_path(csv_path: Path, name: str) -> Path:
+    """A manifest's filename: absolute, or relative to the manifest's folder or its `images/` folder."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    beside = csv_path.parent / path
+    in_images = csv_path.parent / "images" / path
+    return in_images if not beside.exists() and in_images.exists() else beside
+
+
 def _manifest_items(csv_path: Path) -> Iterator[_Item]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -77,7 +87,7 @@ def _manifest_items(csv_path: Path) -> Iterator[_Item]:
         for row in reader:
             name = (row.get("filename") or "").strip()
             extra = tuple((k, v) for k, v in row.items() if k not in REQUIRED_COLUMNS and k)
-            path = Path(name) if Path(name).is_absolute() else csv_path.parent / name
+            path = resolve_manifest_path(csv_path, name)
             yield _Item(name or f"row {reader.line_num}", path,
                         row.get("lat") or "", row.get("lon") or "", extra)
 

@@ -82,17 +82,20 @@ def test_folder_is_recursive_and_one_bad_file_never_stops_the_run(tmp_path):
 def test_manifest_keeps_extra_columns_and_reports_bad_rows(tmp_path):
     write_photo(tmp_path / "img" / "x.jpg")  # no EXIF: the manifest gives the position
     write_photo(tmp_path / "img" / "y.jpg", colour=(1, 2, 3))
+    write_photo(tmp_path / "images" / "z.jpg", colour=(9, 9, 9))
     manifest = tmp_path / "m.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["filename", "lat", "lon", "photographer", "caption"])
         writer.writerow(["img/x.jpg", "40.7", "-74.0", "alice", "a street"])
+        writer.writerow(["z.jpg", "1", "2", "dan", ""])  # found in the images/ folder beside the manifest
         writer.writerow(["img/missing.jpg", "1", "1", "bob", ""])
         writer.writerow(["img/y.jpg", "north", "1", "carol", ""])
     results = {r.source: r for r in iter_source(manifest)}
     x = results["img/x.jpg"]
     assert located(x) == (40.7, -74.0)
     assert x.extra == {"photographer": "alice", "caption": "a street"}
+    assert located(results["z.jpg"]) == (1.0, 2.0)
     assert results["img/missing.jpg"].reason == "missing_file"
     assert results["img/y.jpg"].reason == "invalid_coordinates"
 
