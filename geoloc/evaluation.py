@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoloc.geodesy import haversine_km
+from geoloc.geodesy import haversine_km, spherical_mean
 
 THRESHOLDS_KM = (0.1, 1, 5, 10, 25, 200, 750, 2500)
 
@@ -38,3 +38,11 @@ def photographer_folds(photographers, k: int, seed: int = 0) -> np.ndarray:
         fold_of_owner[owners[i]] = fold
         fold_sizes[fold] += counts[i]
     return np.array([fold_of_owner[p] for p in photographers], dtype=np.int64)
+
+
+def densest_location(lat, lon, radius_km: float = 25.0) -> tuple[float, float]:
+    """The trivial answer: the centre of the city-sized spot holding the most gallery photos."""
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    near = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]) <= radius_km
+    members = near[int(np.argmax(near.sum(axis=1)))]
+    return spherical_mean(lat[members], lon[members])

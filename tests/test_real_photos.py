@@ -1,0 +1,104 @@
+"""End to end on real geotagged photos (a slice of im2gps3k-dev), through the `geoloc` command."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoloc.evaluation import densest_location, errors_km
+from geoloc.geodesy import haversine_km
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT.parent / "shared/data/im2gps3k-dev/manifest.csv"
+SLICE = 600
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not MANIFEST.exists(), reason=f"real photos not found at {MANIFEST}")]
+
+
+def geoloc(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GEOLOC_HOME=str(home))
+    return subprocess.run([str(ROOT / ".venv/bin/geoloc"), *args], env=env, capture_output=True, text=True)
+
+
+def read(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    rows = read(MANIFEST)[:SLICE]
+    manifest = home / "slice.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "filename": str(MANIFEST.parent / "images" / r["filename"])} for r in rows)
+    assert geoloc(home, "split", str(manifest), "--out", str(home / "split"), "--query-fraction", "0.2").returncode == 0
+    result = geoloc(home, "index", str(home / "split/gallery.csv"), "--collection", "real")
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+def test_split_is_photographer_disjoint(indexed):
+    gallery = {r["photographer"] for r in read(indexed / "split/gallery.csv")}
+    queries = {r["photographer"] for r in read(indexed / "split/queries.csv")}
+    assert gallery and queries and not gallery & queries
+
+
+def test_every_gallery_photo_is_indexed_once_and_reported(indexed):
+    n_gallery = len(read(indexed / "split/gallery.csv"))
+    listing = geoloc(indexed, "collections")
+    assert listing.stdout.split() == ["real", str(n_gallery)]
+    report = json.loads(next((indexed / "reports").glob("index-real-*.json")).read_text())
+    assert report["indexed"] == n_gallery and report["skipped"] == {}
+
+
+def test_retrieval_beats_the_trivial_answers_at_continent_scale(indexed):
+    gallery = read(indexed / "split/gallery.csv")
+    result = geoloc(indexed, "locate", str(indexed / "split/queries.csv"), "--json")
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)["answers"]
+    queries = {r["filename"]: r for r in read(indexed / "split/queries.csv")}
+    assert len(answers) == len(queries)
+    true = np.array([[float(queries[a["image"]]["lat"]), float(queries[a["image"]]["lon"])] for a in answers])
+    errors = np.array([a["error_km"] for a in answers])
+    assert np.allclose(errors, errors_km([a["lat"] for a in answers], [a["lon"] for a in answers],
+                                         true[:, 0], true[:, 1]))
+    g = np.array([[float(r["lat"]), float(r["lon"])] for r in gallery])
+    dense_lat, dense_lon = densest_location(g[:, 0], g[:, 1])
+    densest = np.mean(haversine_km(true[:, 0], true[:, 1], dense_lat, dense_lon) <= 2500)
+    # a gallery photo drawn at random: what retrieval would score if the embedding carried no location
+    random_photo = np.mean(haversine_km(true[:, None, 0], true[:, None, 1], g[None, :, 0], g[None, :, 1]) <= 2500)
+    retrieval = np.mean(errors <= 2500)
+    assert retrieval > densest and retrieval > random_photo, (retrieval, densest, random_photo)
+
+
+def test_reindexing_never_duplicates_and_drop_empties(indexed):
+    subset = indexed / "again.csv"
+    rows = read(indexed / "split/gallery.csv")[:10]
+    with subset.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    before = geoloc(indexed, "collections").stdout
+    assert geoloc(indexed, "index", str(subset), "--collection", "real").returncode == 0
+    assert geoloc(indexed, "collections").stdout == before
+    dropped = geoloc(indexed, "drop", "real")
+    assert dropped.returncode == 0 and "removed" in dropped.stdout
+    assert "empty" in geoloc(indexed, "collections").stdout
+
+
+def test_user_errors_are_one_line_without_traceback(indexed, tmp_path):
+    for args in (["index", str(tmp_path / "nowhere"), "--collection", "x"],
+                 ["locate", str(tmp_path / "missing.jpg")],
+                 ["drop", "no-such-collection"],
+                 ["index", str(indexed / "split/gallery.csv"), "--collection", "bad name!"]):
+        result = geoloc(indexed, *args)
+        assert result.returncode != 0, args
+        assert "Traceback" not in result.stderr and result.stderr.startswith("geoloc: error:"), result.stderr
