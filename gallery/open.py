@@ -1,4 +1,5 @@
-"""Open the gallery the settings point at: a Qdrant server when GEOLOC_QDRANT_URL is set, else Edge on disk."""
+"""Open the gallery the settings point at: a Qdrant server when GEOLOC_QDRANT_URL is set, else Edge on disk
+(opened per operation when processes share it: GEOLOC_GALLERY_SHARED, or workers without a server)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def open_gallery(settings: Settings, dim: int | None = None) -> Gallery:
                              shard_number=settings.qdrant_shards, replication_factor=settings.qdrant_replication,
                              on_disk=settings.qdrant_on_disk, int8_quantization=settings.qdrant_int8,
                              timeout=settings.qdrant_timeout)
+    if settings.edge_shared:
+        from gallery.shared import SharedEdgeGallery
+
+        return SharedEdgeGallery(settings.gallery_dir, dim)
     from gallery.edge import EdgeGallery
 
     return EdgeGallery(settings.gallery_dir, dim)

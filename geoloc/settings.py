@@ -44,6 +44,22 @@ class Settings:
     qdrant_on_disk: bool = field(default_factory=lambda: _env_flag("GEOLOC_QDRANT_ON_DISK"))
     qdrant_int8: bool = field(default_factory=lambda: _env_flag("GEOLOC_QDRANT_INT8"))
     qdrant_timeout: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_QDRANT_TIMEOUT", "30")))
+    # services: with a Redis broker, jobs run on Celery workers; without one, `geoloc serve` runs them itself
+    broker_url: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_BROKER_URL"))
+    # several processes on one host share the embedded gallery, one operation at a time (see gallery.shared)
+    gallery_shared: bool = field(default_factory=lambda: _env_flag("GEOLOC_GALLERY_SHARED"))
+    # server-side folders and CSV manifests the API may import from (os.pathsep-separated); none by default
+    import_roots: list[Path] = field(default_factory=lambda: [
+        Path(p).expanduser().resolve() for p in os.environ.get("GEOLOC_IMPORT_ROOTS", "").split(os.pathsep) if p])
+    # API keys: off only for a trusted loopback (every caller is then an admin)
+    require_keys: bool = field(default_factory=lambda: os.environ.get("GEOLOC_REQUIRE_KEYS", "1").strip().lower()
+                               not in {"0", "false", "no", "off"})
+    max_photo_bytes: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_MAX_PHOTO_BYTES", str(20 << 20))))
+    max_pixels: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_MAX_PIXELS", "50000000")))
+    max_batch_photos: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_MAX_BATCH_PHOTOS", "100")))
+    job_batch: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_JOB_BATCH", "64")))  # photos per task
+    task_time_limit: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_TASK_TIME_LIMIT", "900")))
+    task_retries: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_TASK_RETRIES", "6")))
 
     @property
     def gallery_dir(self) -> Path:
@@ -54,3 +70,26 @@ class Settings:
         path = self.home / "reports"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def edge_shared(self) -> bool:
+        """Whether the embedded gallery is opened per operation under a file lock (no Qdrant server, and
+        asked for, or implied by workers in other processes)."""
+        return not self.qdrant_url and (self.gallery_shared or bool(self.broker_url))
+
+    @property
+    def spool_dir(self) -> Path:
+        """Uploaded originals, content-addressed; shared by the API and the workers."""
+        return self.home / "spool"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.home / "keys.json"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.home / "audit.jsonl"

@@ -1,0 +1,88 @@
+"""The embedded gallery shared by several processes on one host, one operation at a time.
+
+A Qdrant Edge shard can be held open by one process only (Edge locks its write-ahead log), so an API
+and workers on the same host cannot each keep it open. Here every operation takes an exclusive lock on
+a file beside the shard, loads the shard, runs, flushes and closes. Each operation therefore pays a
+shard load and a flush: about 0.2 s for a few thousand points and over a second at 50k, growing with
+the gallery. It keeps one host correct (tests, a small single-machine deployment); workers at scale
+share a Qdrant server instead (GEOLOC_QDRANT_URL). flock is not reliable on network file systems:
+every process must run on the host that holds the gallery directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from gallery.base import Gallery, GalleryPoint, Hit, SearchFilter
+from gallery.edge import EdgeGallery
+
+LOCK_FILE = "gallery.lock"
+
+
+class SharedEdgeGallery(Gallery):
+    """An EdgeGallery at `path`, opened under the lock for each call and closed before it returns."""
+
+    def __init__(self, path: str | Path, dim: int | None = None):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        with self._open() as gallery:  # creates the gallery, or checks the dimension it was built with
+            self.dim = gallery.dim
+
+    @contextmanager
+    def _open(self) -> Iterator[EdgeGallery]:
+        # a fresh open file description per call, so the lock also serialises threads of one process
+        with open(self.path / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+            gallery = EdgeGallery(self.path, self.dim)
+            try:
+                yield gallery
+            finally:
+                gallery.close()  # flushes: the next process to load the shard sees this operation
+
+    def upsert(self, points: Sequence[GalleryPoint]) -> None:
+        with self._open() as gallery:
+            gallery.upsert(points)
+
+    def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[Hit]:
+        with self._open() as gallery:
+            return gallery.search(vector, k, where)
+
+    def count(self, where: SearchFilter | None = None) -> int:
+        with self._open() as gallery:
+            return gallery.count(where)
+
+    def collections(self) -> dict[str, int]:
+        with self._open() as gallery:
+            return gallery.collections()
+
+    def delete(self, where: SearchFilter | None = None, ids: Sequence[str] | None = None) -> int:
+        with self._open() as gallery:
+            return gallery.delete(where, ids)
+
+    def scroll(self, where: SearchFilter | None = None, with_vectors: bool = False,
+               batch: int = 512) -> Iterator[Hit]:
+        """Read whole under one lock, so a caller acting on each hit (deleting, upserting) cannot
+        deadlock on the lock it would otherwise still hold."""
+        with self._open() as gallery:
+            return iter(list(gallery.scroll(where, with_vectors, batch)))
+
+    def retrieve(self, ids: Sequence[str]) -> list[Hit]:
+        with self._open() as gallery:
+            return gallery.retrieve(ids)
+
+    def embedding_model(self) -> str | None:
+        with self._open() as gallery:  # one point, not the whole scroll
+            return gallery.embedding_model()
+
+    def optimize(self) -> None:
+        with self._open() as gallery:
+            gallery.optimize()
+
+    def close(self) -> None:
+        """Nothing is held between operations."""
