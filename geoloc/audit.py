@@ -1,0 +1,39 @@
+"""Append-only audit log of locate and similar calls: which key searched which collections, when, and
+what was answered.
+
+One JSON object per line under the data home, appended under a file lock so API processes sharing the
+data home never interleave lines. The photo itself, or anything derived from it, is never written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+class AuditLog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def record(self, key_id: str, endpoint: str, collections: list[str] | None, **details) -> None:
+        """`collections=None` is a search over every collection (an admin asking for none in particular)."""
+        entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "key": key_id,
+                 "endpoint": endpoint, "collections": "all" if collections is None else list(collections),
+                 **details}
+        line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def entries(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open() as handle:
+            return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,145 @@
+"""API keys: admin keys manage collections; reader keys locate and search only the collections granted.
+
+A key is shown once, when it is created: `gk_<id>_<secret>`, the secret 256 random bits. Only the
+SHA-256 of the whole token is stored (a token that random has nothing to brute-force, so a slow hash
+would add cost without adding safety), in `keys.json` under the data home. Writes are atomic and made
+under a file lock, so two commands run at once cannot lose a key; readers pick changes up on the next
+request, so a revoked key stops working without a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from geoloc.indexing import check_collection_name
+
+ADMIN, READER = "admin", "reader"
+TOKEN_PREFIX = "gk"
+
+
+class AccessDenied(PermissionError):
+    """The key exists but may not do this; the message says what it may do."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class ApiKey:
+    id: str
+    role: str
+    collections: list[str] = field(default_factory=list)  # readers only; admins read everything
+    name: str = ""
+    created: str = field(default_factory=_now)
+    revoked: str | None = None
+    sha256: str = field(default="", repr=False)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+    def public(self) -> dict:
+        """Everything but the hash."""
+        return {k: v for k, v in asdict(self).items() if k != "sha256"}
+
+    def scope(self, requested: list[str] | None) -> list[str] | None:
+        """The collections a search with this key may cover: those requested, all granted when none are
+        (None: every collection, for an admin). Asking for one not granted is refused, never narrowed."""
+        if self.is_admin:
+            return requested or None
+        if not self.collections:
+            raise AccessDenied(f"key {self.id} is granted no collections: ask an admin to grant some")
+        if not requested:
+            return list(self.collections)
+        refused = [c for c in requested if c not in self.collections]
+        if refused:
+            raise AccessDenied(f"key {self.id} may not search {', '.join(refused)}; "
+                               f"it may search {', '.join(self.collections)}")
+        return list(requested)
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise AccessDenied(f"key {self.id} is a reader key: this needs an admin key")
+
+
+class KeyStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._cache: tuple[tuple[int, int], dict[str, ApiKey]] | None = None
+
+    def _read(self) -> dict[str, ApiKey]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._cache is None or self._cache[0] != stamp:
+            raw = json.loads(self.path.read_text() or "{}")
+            self._cache = (stamp, {k["id"]: ApiKey(**k) for k in raw.get("keys", [])})
+        return self._cache[1]
+
+    @contextmanager
+    def _writing(self):
+        """The keys, under an exclusive lock; saved atomically (owner-readable only) when the block ends."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._cache = None
+            keys = dict(self._read())
+            yield keys
+            tmp = self.path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump({"keys": [asdict(k) for k in keys.values()]}, out, indent=2)
+            os.replace(tmp, self.path)
+
+    def create(self, role: str, collections: list[str] | None = None, name: str = "") -> tuple[ApiKey, str]:
+        """A new key and its token (shown once: only its hash is kept)."""
+        if role not in (ADMIN, READER):
+            raise ValueError(f"role must be '{ADMIN}' or '{READER}', not {role!r}")
+        collections = [check_collection_name(c) for c in (collections or [])]
+        if role == READER and not collections:
+            raise ValueError("a reader key needs the collections it may search (--collections a,b)")
+        if role == ADMIN and collections:
+            raise ValueError("an admin key reaches every collection: leave --collections out")
+        key_id = secrets.token_hex(6)
+        token = f"{TOKEN_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        key = ApiKey(key_id, role, collections, name, sha256=_digest(token))
+        with self._writing() as keys:
+            keys[key_id] = key
+        return key, token
+
+    def list(self) -> list[ApiKey]:
+        return sorted(self._read().values(), key=lambda k: k.created)
+
+    def revoke(self, key_id: str) -> ApiKey:
+        with self._writing() as keys:
+            if key_id not in keys:
+                raise ValueError(f"no key with id {key_id!r} (see `geoloc keys list`)")
+            key = keys[key_id]
+            key.revoked = key.revoked or _now()
+        return key
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The live key this token belongs to, else None (unknown, malformed, revoked)."""
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+            return None
+        key = self._read().get(parts[1])
+        if key is None or key.revoked or not hmac.compare_digest(key.sha256, _digest(token)):
+            return None
+        return key
