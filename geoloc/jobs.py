@@ -1,0 +1,454 @@
+"""Background jobs over the gallery: index uploaded or imported photos, prune, re-embed for a new model.
+
+A job is split into batches, one task each. The task functions here are the whole job logic: Celery
+workers (workers.tasks) and the in-process runner of `geoloc serve` both call them, with JSON-only
+arguments. A batch's outcome is written once, the first time it finishes, and a job's progress is the
+sum of its batches' outcomes: a task redelivered after a killed worker, or retried, can redo its gallery
+writes (point ids are deterministic, so upserts and deletes are idempotent) but never counts twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from gallery.base import Gallery, GalleryError, GalleryPoint, Hit, SearchFilter
+from geoloc.embedding import Embedder
+from geoloc.indexing import index_records
+from geoloc.settings import Settings
+from ingest import sources
+from ingest.images import SUPPORTED_SUFFIXES
+from ingest.records import PhotoRecord, Skipped
+from ingest.sources import SourceError, load_photo
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "original"  # key, in a photo's payload `extra`, of the path to its original bytes
+MAX_LISTED_ITEMS = 200  # skipped or failed photos a job lists by name (all are counted)
+JOB_TTL_S = 30 * 24 * 3600  # how long a broker-side job record is kept
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+@dataclass
+class Outcome:
+    """What one batch did. done: photos handled (indexed, examined, re-embedded); removed: deleted."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    removed: int = 0
+    reasons: dict = field(default_factory=dict)  # reason -> photos skipped or failed for it
+    items: list = field(default_factory=list)  # {"source", "reason"} of skipped or failed photos
+    error: str | None = None
+    at: str = field(default_factory=_now)
+
+    def skip(self, source: str, reason: str) -> None:
+        self.skipped += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.items.append({"source": source, "reason": reason})
+
+
+def summarise(meta: dict, started: str | None, outcomes: dict[str, dict]) -> dict:
+    """A job as the API shows it: its metadata plus the sum of its batches' outcomes.
+
+    Batch "0" is what the API itself decided before queueing (duplicates, files too large); batches
+    1..n are tasks. The job is finished when every task batch has an outcome.
+    """
+    totals = Counter()
+    reasons: Counter = Counter()
+    items: list = []
+    errors = []
+    for key in sorted(outcomes, key=int):
+        outcome = outcomes[key]
+        totals.update({k: outcome[k] for k in ("done", "skipped", "failed", "removed")})
+        reasons.update(outcome["reasons"])
+        items.extend(outcome["items"][: MAX_LISTED_ITEMS - len(items)])
+        if outcome.get("error"):
+            errors.append(outcome["error"])
+    batches_done = sum(1 for key in outcomes if key != "0")
+    finished = batches_done >= meta["batches"]
+    if finished:
+        state = "failed" if errors or totals["failed"] else "succeeded"
+    else:
+        state = "running" if started or batches_done else "queued"
+    return {**meta, "state": state, "started": started,
+            "finished": max((o["at"] for o in outcomes.values()), default=meta["created"]) if finished else None,
+            "done": totals["done"], "skipped": totals["skipped"], "failed": totals["failed"],
+            "removed": totals["removed"], "reasons": dict(reasons), "items": items,
+            "error": errors[0] if errors else None, "batches_done": batches_done}
+
+
+class JobStore(Protocol):
+    def create(self, kind: str, collection: str, total: int, batches: int, owner: str,
+               pre: Outcome | None = None) -> str: ...
+
+    def get(self, job_id: str) -> dict | None: ...
+
+    def mark_started(self, job_id: str) -> None: ...
+
+    def finish(self, job_id: str, batch: int, outcome: Outcome) -> bool:
+        """Record a batch's outcome unless one is recorded already; True if this call recorded it."""
+
+
+def _meta(kind: str, collection: str, total: int, batches: int, owner: str) -> dict:
+    return {"id": str(uuid.uuid4()), "kind": kind, "collection": collection, "total": total,
+            "batches": batches, "owner": owner, "created": _now()}
+
+
+class FileJobStore:
+    """Jobs as JSON files under the data home: the store of `geoloc serve` without a broker."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self):
+        with open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _path(self, job_id: str) -> Path:
+        return self.directory / f"{uuid.UUID(job_id)}.json"  # a job id is a UUID, never a path
+
+    def _load(self, job_id: str) -> dict | None:
+        try:
+            return json.loads(self._path(job_id).read_text())
+        except (ValueError, FileNotFoundError):
+            return None
+
+    def _save(self, record: dict) -> None:
+        path = self._path(record["meta"]["id"])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    def create(self, kind, collection, total, batches, owner, pre=None) -> str:
+        meta = _meta(kind, collection, total, batches, owner)
+        with self._locked():
+            self._save({"meta": meta, "started": None, "outcomes": {"0": asdict(pre)} if pre else {}})
+        return meta["id"]
+
+    def get(self, job_id):
+        record = self._load(job_id)
+        return None if record is None else summarise(record["meta"], record["started"], record["outcomes"])
+
+    def mark_started(self, job_id):
+        with self._locked():
+            record = self._load(job_id)
+            if record is not None and not record["started"]:
+                record["started"] = _now()
+                self._save(record)
+
+    def finish(self, job_id, batch, outcome) -> bool:
+        with self._locked():
+            record = self._load(job_id)
+            if record is None or str(batch) in record["outcomes"]:
+                return False
+            record["outcomes"][str(batch)] = asdict(outcome)
+            self._save(record)
+            return True
+
+    def interrupt_unfinished(self, reason: str) -> int:
+        """Fail every job left unfinished by a stopped server: its thread, and its queue, are gone."""
+        count = 0
+        with self._locked():
+            for path in self.directory.glob("*.json"):
+                record = json.loads(path.read_text())
+                meta, outcomes = record["meta"], record["outcomes"]
+                missing = [b for b in range(1, meta["batches"] + 1) if str(b) not in outcomes]
+                for b in missing:
+                    outcomes[str(b)] = asdict(Outcome(error=reason))
+                if missing:
+                    self._save(record)
+                    count += 1
+        return count
+
+
+class RedisJobStore:
+    """Jobs in Redis (the broker), where workers on any machine record progress. The client must
+    decode responses."""
+
+    def __init__(self, client):
+        self.redis = client
+
+    @staticmethod
+    def _keys(job_id: str) -> tuple[str, str]:
+        return f"geoloc:job:{job_id}", f"geoloc:job:{job_id}:batches"
+
+    def create(self, kind, collection, total, batches, owner, pre=None) -> str:
+        meta = _meta(kind, collection, total, batches, owner)
+        job_key, batches_key = self._keys(meta["id"])
+        with self.redis.pipeline() as pipe:
+            pipe.hset(job_key, "meta", json.dumps(meta)).expire(job_key, JOB_TTL_S)
+            if pre is not None:
+                pipe.hset(batches_key, "0", json.dumps(asdict(pre))).expire(batches_key, JOB_TTL_S)
+            pipe.execute()
+        return meta["id"]
+
+    def get(self, job_id):
+        job_key, batches_key = self._keys(job_id)
+        with self.redis.pipeline() as pipe:
+            record, outcomes = pipe.hgetall(job_key).hgetall(batches_key).execute()
+        if not record:
+            return None
+        return summarise(json.loads(record["meta"]), record.get("started"),
+                         {k: json.loads(v) for k, v in outcomes.items()})
+
+    def mark_started(self, job_id):
+        self.redis.hsetnx(self._keys(job_id)[0], "started", _now())
+
+    def finish(self, job_id, batch, outcome) -> bool:
+        _, batches_key = self._keys(job_id)
+        recorded = bool(self.redis.hsetnx(batches_key, str(batch), json.dumps(asdict(outcome))))
+        self.redis.expire(batches_key, JOB_TTL_S)
+        return recorded
+
+
+def open_job_store(settings: Settings):
+    if settings.broker_url:
+        import redis
+
+        return RedisJobStore(redis.Redis.from_url(settings.broker_url, decode_responses=True))
+    return FileJobStore(settings.jobs_dir)
+
+
+# ------------------------------------------------------------------------------------------------- tasks
+
+@dataclass
+class JobContext:
+    """What a task needs; built once per worker process (or shared with the API when in-process)."""
+
+    settings: Settings
+    embedder: Embedder
+    gallery: Gallery
+    jobs: JobStore
+
+
+def _read_photo(path: str, source: str, lat, lon, extra: dict, max_pixels: int) -> PhotoRecord | Skipped:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return Skipped(source, "missing_file")
+    except OSError:
+        return Skipped(source, "unreadable_file")
+    return load_photo(source, data, lat, lon, {**extra, ORIGINAL: str(path)}, max_pixels)
+
+
+def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items: list[dict]) -> None:
+    """Embed and upsert a batch of photos, each {"path", "source", "lat", "lon", "extra"} (no lat/lon:
+    EXIF). The original's path goes into the payload, so the photo can be re-embedded later."""
+    ctx.jobs.mark_started(job_id)
+    records = (_read_photo(i["path"], i["source"], i.get("lat"), i.get("lon"), i.get("extra") or {},
+                           ctx.settings.max_pixels) for i in items)
+    report = index_records(records, collection, ctx.gallery, ctx.embedder,
+                           batch_size=ctx.settings.batch_size, source=f"job {job_id}")
+    outcome = Outcome(done=report.indexed)
+    for item in report.skipped_items:
+        outcome.skip(item["source"], item["reason"])
+    ctx.jobs.finish(job_id, batch, outcome)
+
+
+def prune_region(ctx: JobContext, job_id: str, batch: int, collection: str, box=None, radius=None) -> None:
+    """Remove every photo of the collection inside the box and/or radius (one filtered delete)."""
+    ctx.jobs.mark_started(job_id)
+    removed = ctx.gallery.delete(_region(collection, box, radius))
+    ctx.jobs.finish(job_id, batch, Outcome(done=removed, removed=removed))
+
+
+def _originals(hits: list[Hit], max_pixels: int) -> Iterator[tuple[Hit, PhotoRecord | Skipped]]:
+    for hit in hits:
+        extra = hit.payload.get("extra") or {}
+        source = hit.payload.get("source") or hit.id
+        if not extra.get(ORIGINAL):
+            yield hit, Skipped(source, "no_original")
+            continue
+        yield hit, _read_photo(extra[ORIGINAL], source, hit.lat, hit.lon, {}, max_pixels)
+
+
+def _embeddable(ctx: JobContext, hits: list[Hit], outcome: Outcome) -> tuple[list[Hit], np.ndarray]:
+    """The hits whose originals still decode, with their backbone features; the rest are skipped."""
+    usable, images = [], []
+    for hit, record in _originals(hits, ctx.settings.max_pixels):
+        if isinstance(record, Skipped):
+            outcome.skip(record.source, record.reason)
+        else:
+            usable.append(hit)
+            images.append(record.image)
+    return usable, ctx.embedder.features(images) if images else np.zeros((0, ctx.embedder.dim), np.float32)
+
+
+def prune_unplaceable(ctx: JobContext, job_id: str, batch: int, collection: str, ids: list[str]) -> None:
+    """Remove the photos the classifier does not put in their own cell (paper 3.3.3): a retrieval
+    gallery of placeable photos only. Photos whose original is gone are kept and reported."""
+    bundle = ctx.embedder.bundle
+    if bundle is None:
+        raise ValueError("pruning unplaceable photos needs a model bundle (GEOLOC_BUNDLE)")
+    ctx.jobs.mark_started(job_id)
+    outcome = Outcome()
+    hits, features = _embeddable(ctx, ctx.gallery.retrieve(ids), outcome)
+    if hits:
+        predicted = np.argmax(bundle.cell_log_probs(features), axis=1)
+        true_cells = bundle.hierarchy.fine.assign_leaves([h.payload["s2"] for h in hits])
+        misplaced = [h.id for h, p, t in zip(hits, predicted, true_cells) if p != t]
+        outcome.done = len(hits)
+        if misplaced:
+            outcome.removed = ctx.gallery.delete(SearchFilter(collections=[collection]), ids=misplaced)
+    ctx.jobs.finish(job_id, batch, outcome)
+
+
+def reembed_batch(ctx: JobContext, job_id: str, batch: int, collection: str, ids: list[str]) -> None:
+    """Embed these photos again, from their originals, with the current model (after a new bundle)."""
+    ctx.jobs.mark_started(job_id)
+    outcome = Outcome()
+    hits, features = _embeddable(ctx, ctx.gallery.retrieve(ids), outcome)
+    if hits:
+        vectors = ctx.embedder.vectors(features)
+        model = ctx.embedder.model_id
+        ctx.gallery.upsert([GalleryPoint(h.id, v, {**h.payload, "model": model}) for h, v in zip(hits, vectors)])
+        outcome.done = len(hits)
+    ctx.jobs.finish(job_id, batch, outcome)
+
+
+TASKS = {
+    "geoloc.index_batch": index_batch,
+    "geoloc.prune_region": prune_region,
+    "geoloc.prune_unplaceable": prune_unplaceable,
+    "geoloc.reembed_batch": reembed_batch,
+}
+
+
+def give_up(store: JobStore, kwargs: dict, reason: str, message: str) -> None:
+    """Count a batch that cannot be done as failed, so its job still finishes and says why."""
+    size = len(kwargs.get("items") or kwargs.get("ids") or [])
+    outcome = Outcome(failed=size, reasons={reason: size} if size else {}, error=message)
+    store.finish(kwargs["job_id"], kwargs["batch"], outcome)
+
+
+def run_task(ctx: JobContext, task: str, kwargs: dict) -> None:
+    """Run a task here and now; any error fails its batch (the in-process runner has no retries)."""
+    try:
+        TASKS[task](ctx, **kwargs)
+    except GalleryError as exc:
+        give_up(ctx.jobs, kwargs, "gallery_error", str(exc))
+    except Exception as exc:
+        log.exception("task %s of job %s failed", task, kwargs.get("job_id"))
+        give_up(ctx.jobs, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+class Runner(Protocol):
+    def submit(self, task: str, kwargs: dict) -> None: ...
+
+
+class InProcessRunner:
+    """Runs tasks one at a time on a thread of this process: `geoloc serve` with no broker."""
+
+    def __init__(self, ctx: JobContext):
+        self.ctx = ctx
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoloc-jobs")
+
+    def submit(self, task: str, kwargs: dict) -> None:
+        self._pool.submit(run_task, self.ctx, task, kwargs)
+
+    def close(self) -> None:
+        """Finish the running batch, drop the queued ones (marked failed at the next start)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _region(collection: str, box=None, radius=None) -> SearchFilter:
+    return SearchFilter(collections=[collection], box=tuple(box) if box else None,
+                        radius=tuple(radius) if radius else None)
+
+
+def _chunks(values: list, size: int) -> list[list]:
+    return [values[i:i + size] for i in range(0, len(values), size)]
+
+
+class Jobs:
+    """Creates jobs, splits them into batches and hands the batches to a runner."""
+
+    def __init__(self, store: JobStore, runner: Runner, batch_size: int):
+        self.store, self.runner, self.batch_size = store, runner, max(1, batch_size)
+
+    def get(self, job_id: str) -> dict | None:
+        return self.store.get(job_id)
+
+    def _submit(self, kind: str, task: str, collection: str, owner: str, total: int,
+                payloads: list[dict], pre: Outcome | None = None) -> str:
+        job_id = self.store.create(kind, collection, total, len(payloads), owner, pre)
+        for number, payload in enumerate(payloads, start=1):
+            self.runner.submit(task, {"job_id": job_id, "batch": number, "collection": collection, **payload})
+        return job_id
+
+    def index(self, collection: str, items: list[dict], owner: str, pre: Outcome | None = None,
+              kind: str = "upload") -> str:
+        """Photos {"path", "source", "lat", "lon", "extra"}; `pre`: those refused before queueing."""
+        total = len(items) + (pre.skipped + pre.failed if pre else 0)
+        payloads = [{"items": chunk} for chunk in _chunks(items, self.batch_size)]
+        return self._submit(kind, "geoloc.index_batch", collection, owner, total, payloads, pre)
+
+    def import_source(self, collection: str, path: Path, owner: str) -> str:
+        items, pre = plan_import(path)
+        return self.index(collection, items, owner, pre, kind="import")
+
+    def prune(self, gallery: Gallery, collection: str, owner: str, box=None, radius=None,
+              unplaceable: bool = False) -> str:
+        where = _region(collection, box, radius)
+        if not unplaceable:
+            total = gallery.count(where)
+            return self._submit("prune", "geoloc.prune_region", collection, owner, total,
+                                [{"box": box, "radius": radius}])
+        ids = [hit.id for hit in gallery.scroll(where)]
+        payloads = [{"ids": chunk} for chunk in _chunks(ids, self.batch_size)]
+        return self._submit("prune", "geoloc.prune_unplaceable", collection, owner, len(ids), payloads)
+
+    def reembed(self, gallery: Gallery, collection: str, owner: str) -> str:
+        ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=[collection]))]
+        payloads = [{"ids": chunk} for chunk in _chunks(ids, self.batch_size)]
+        return self._submit("reembed", "geoloc.reembed_batch", collection, owner, len(ids), payloads)
+
+
+def check_import_path(path: str | Path, roots: Iterable[Path]) -> Path:
+    """The resolved path if it lies under one of the import roots; symlinks cannot lead out of them."""
+    roots = list(roots)
+    if not roots:
+        raise PermissionError("server-side imports are off: set GEOLOC_IMPORT_ROOTS to the folders "
+                              "the API may read from")
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise PermissionError(f"{path} is not under an import root ({', '.join(map(str, roots))})")
+    if not resolved.exists():
+        raise SourceError(f"{path}: no such file or folder on the server")
+    return resolved
+
+
+def plan_import(path: Path) -> tuple[list[dict], Outcome]:
+    """A folder or CSV manifest -> photo items for index_batch, and the entries refused up front."""
+    items, pre = [], Outcome()
+    for entry in sources._items(path):
+        if entry.path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            pre.skip(entry.source, "unsupported_type")
+        else:
+            items.append({"path": str(entry.path), "source": entry.source, "lat": entry.lat, "lon": entry.lon,
+                          "extra": dict(entry.extra)})
+    return items, pre
+

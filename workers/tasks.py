@@ -1,0 +1,104 @@
+"""Celery tasks: thin wrappers over geoloc.jobs that retry, with backoff, while the gallery is unreachable.
+
+Each pool process loads the model once, when it starts (the device is chosen automatically, and the
+model batch sized for it unless GEOLOC_BATCH_SIZE says otherwise); the gallery is opened on the first
+task, inside the retries, so a worker started before Qdrant is up still comes good.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from celery.signals import worker_process_init
+
+from gallery.base import Gallery, GalleryError
+from geoloc import jobs
+from geoloc.embedding import Embedder
+from geoloc.settings import Settings
+from workers.app import app, margin_s
+
+log = logging.getLogger(__name__)
+
+GPU_BATCH = 128
+
+
+@functools.cache
+def _settings() -> Settings:
+    settings = Settings()
+    if "GEOLOC_BATCH_SIZE" not in os.environ and _on_gpu(settings.device):
+        settings.batch_size = GPU_BATCH
+    return settings
+
+
+def _on_gpu(device: str) -> bool:
+    if device != "auto":
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def _embedder() -> Embedder:
+    return Embedder.from_settings(_settings())
+
+
+@functools.cache
+def _store():
+    return jobs.open_job_store(_settings())
+
+
+@functools.cache
+def _gallery() -> Gallery:
+    from gallery.open import open_gallery
+
+    return open_gallery(_settings(), dim=_embedder().dim)  # not cached when it raises
+
+
+def context() -> jobs.JobContext:
+    return jobs.JobContext(_settings(), _embedder(), _gallery(), _store())
+
+
+@worker_process_init.connect
+def _load_model(**_) -> None:
+    _embedder()
+
+
+def _backoff(retries: int) -> int:
+    """1, 2, 4 ... seconds, capped below the visibility timeout's margin."""
+    return min(2 ** retries, margin_s(_settings().task_time_limit))
+
+
+def _run(task, fn, kwargs: dict) -> None:
+    try:
+        fn(context(), **kwargs)
+    except GalleryError as exc:
+        if task.request.retries < _settings().task_retries:
+            log.warning("gallery unavailable (%s): retry %d", exc, task.request.retries + 1)
+            raise task.retry(exc=exc, countdown=_backoff(task.request.retries))
+        jobs.give_up(_store(), kwargs, "gallery_unavailable", str(exc))
+    except Exception as exc:
+        jobs.give_up(_store(), kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+@app.task(name="geoloc.index_batch", bind=True)
+def index_batch(self, **kwargs) -> None:
+    _run(self, jobs.index_batch, kwargs)
+
+
+@app.task(name="geoloc.prune_region", bind=True)
+def prune_region(self, **kwargs) -> None:
+    _run(self, jobs.prune_region, kwargs)
+
+
+@app.task(name="geoloc.prune_unplaceable", bind=True)
+def prune_unplaceable(self, **kwargs) -> None:
+    _run(self, jobs.prune_unplaceable, kwargs)
+
+
+@app.task(name="geoloc.reembed_batch", bind=True)
+def reembed_batch(self, **kwargs) -> None:
+    _run(self, jobs.reembed_batch, kwargs)
