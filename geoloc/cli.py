@@ -192,6 +192,74 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from geoloc.keys import KeyStore
+    from search_api.app import create_app
+
+    settings = _settings(args)
+    if settings.require_keys and not KeyStore(settings.keys_path).list():
+        print("geoloc: no API keys yet: create one with `geoloc keys create --admin`", file=sys.stderr)
+    if not settings.broker_url:
+        print("geoloc: no broker (GEOLOC_BROKER_URL): jobs run in this process", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import os
+
+    if not Settings().broker_url:
+        raise UserError("no broker: set GEOLOC_BROKER_URL (e.g. redis://localhost:6379/0); without one, "
+                        "`geoloc serve` runs jobs itself")
+    # the pool processes build their settings from the environment
+    for name, value in (("GEOLOC_BUNDLE", args.bundle), ("GEOLOC_DEVICE", args.device),
+                        ("GEOLOC_BATCH_SIZE", args.batch_size)):
+        if value:
+            os.environ[name] = str(value)
+    from workers.app import QUEUE, app
+
+    app.worker_main(["worker", f"--loglevel={args.log_level}", f"--concurrency={args.concurrency}",
+                     "--pool=prefork", f"--hostname=geoloc-{os.getpid()}@%h", f"--queues={QUEUE}"])
+    return 0
+
+
+def cmd_keys_create(args) -> int:
+    from geoloc.keys import ADMIN, READER, KeyStore
+
+    collections = [c.strip() for c in (args.collections or "").split(",") if c.strip()]
+    key, token = KeyStore(Settings().keys_path).create(ADMIN if args.admin else READER, collections, args.name)
+    scope = "every collection" if key.is_admin else ", ".join(key.collections)
+    print(f"created {key.role} key {key.id} ({scope}); the token below is shown only once", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_keys_list(args) -> int:
+    from geoloc.keys import KeyStore
+
+    keys = KeyStore(Settings().keys_path).list()
+    if args.json:
+        print(json.dumps([k.public() for k in keys], indent=2))
+        return 0
+    if not keys:
+        print("no keys yet: geoloc keys create --admin")
+    for k in keys:
+        scope = "*" if k.is_admin else ",".join(k.collections)
+        state = f"revoked {k.revoked}" if k.revoked else "active"
+        print(f"{k.id}\t{k.role}\t{scope}\t{k.created}\t{state}\t{k.name}")
+    return 0
+
+
+def cmd_keys_revoke(args) -> int:
+    from geoloc.keys import KeyStore
+
+    key = KeyStore(Settings().keys_path).revoke(args.id)
+    print(f"revoked {key.role} key {key.id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoloc", description="Where was this photo taken?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +305,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drop", help="delete a reference collection")
     p.add_argument("name")
     p.set_defaults(func=cmd_drop)
+
+    p = sub.add_parser("serve", help="run the HTTP API (and, with no broker, its jobs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info")
+    model_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker for the API's jobs (needs GEOLOC_BROKER_URL)")
+    p.add_argument("--concurrency", type=int, default=1, help="pool processes, each with its own model "
+                                                              "(default 1: one per GPU)")
+    p.add_argument("--log-level", default="info")
+    model_options(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("keys", help="manage API keys (stored hashed under the data home)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="create a key and print its token (shown once)")
+    role = k.add_mutually_exclusive_group(required=True)
+    role.add_argument("--admin", action="store_true", help="manages every collection")
+    role.add_argument("--reader", action="store_true", help="locates and searches granted collections")
+    k.add_argument("--collections", help="reader: comma-separated collections it may search")
+    k.add_argument("--name", default="", help="a note on who or what uses the key")
+    k.set_defaults(func=cmd_keys_create)
+    k = keys.add_parser("list", help="list keys (never their tokens)")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_keys_list)
+    k = keys.add_parser("revoke", help="revoke a key at once")
+    k.add_argument("id")
+    k.set_defaults(func=cmd_keys_revoke)
     return parser
 
 

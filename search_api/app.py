@@ -1,0 +1,57 @@
+"""The FastAPI application: `create_app()` (what `geoloc serve` runs)."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from geoloc import __version__
+from geoloc.settings import Settings
+from search_api import errors
+from search_api.limits import BodyLimit, mib
+from search_api.page import PAGE
+from search_api.routes import collections, health, jobs, query
+from search_api.services import Services, build_services
+
+DESCRIPTION = """
+Where was this photo taken? `POST /v1/locate` answers with a location, its evidence (the most similar
+located reference photos) and, with a model bundle, candidate cells and a confidence.
+
+**Keys.** Send `Authorization: Bearer gk_...`. Admin keys manage collections and follow jobs; reader keys
+locate and search only the collections they are granted. Keys are created with `geoloc keys create`.
+
+**Jobs.** Adding, pruning and re-embedding photos return a job at once; follow it at `GET /v1/jobs/{id}`.
+
+**Errors** are JSON: `{"error": {"status": 422, "code": "invalid_request", "message": "..."}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """An app over `services` (tests pass their own), or over services built from `settings` at startup."""
+    settings = services.settings if services else settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.services = services or build_services(settings)
+        try:
+            yield
+        finally:
+            if services is None:
+                app.state.services.close()
+
+    app = FastAPI(title="geoloc", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    request_limit = settings.max_photo_bytes * settings.max_batch_photos + (1 << 20)
+    app.add_middleware(BodyLimit, max_bytes=request_limit,
+                       hint=f"send at most {settings.max_batch_photos} photos of at most "
+                            f"{mib(settings.max_photo_bytes)} each per request")
+    for module in (query, collections, jobs):
+        app.include_router(module.router, prefix="/v1")
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return HTMLResponse(PAGE)
+
+    return app

@@ -1,0 +1,129 @@
+"""Every error as JSON a person can act on: {"error": {"status", "code", "message"}}.
+
+Domain exceptions map to statuses here, once, so routes raise what the core raises. Only a bug gives
+a 500, and its message never echoes internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gallery.base import GalleryError
+from geoloc.locate import LocateError
+from ingest.images import ImageError
+from ingest.sources import SourceError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_body(status: int, code: str, message: str) -> dict:
+    return {"error": {"status": status, "code": code, "message": message}}
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
+
+
+IMAGE_MESSAGES = {
+    "undecodable_image": "the photo could not be decoded: send a JPEG, PNG, WebP or TIFF file",
+    "too_many_pixels": "the photo has more pixels than this server accepts (GEOLOC_MAX_PIXELS)",
+}
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "form")]
+    return ".".join(parts) or "request"
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    messages = []
+    for error in exc.errors():
+        text = "this field is required" if error.get("type") == "missing" else error.get("msg", "invalid")
+        messages.append(f"{_field(error.get('loc', ()))}: {text}")
+    return "; ".join(messages)
+
+
+def _broker_errors() -> tuple[type[Exception], ...]:
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return OperationalError, ConnectionError, TimeoutError
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint: see /docs for the API"
+        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(PermissionError)
+    async def forbidden(_: Request, exc: PermissionError):
+        return error_response(403, "forbidden", str(exc))
+
+    @app.exception_handler(ImageError)
+    async def bad_image(_: Request, exc: ImageError):
+        reason = str(exc)
+        status = 413 if reason == "too_many_pixels" else 422
+        return error_response(status, reason, IMAGE_MESSAGES.get(reason, reason))
+
+    @app.exception_handler(SourceError)
+    async def bad_source(_: Request, exc: SourceError):
+        return error_response(422, "invalid_source", str(exc))
+
+    @app.exception_handler(LocateError)
+    async def not_ready(_: Request, exc: LocateError):
+        return error_response(409, "not_ready", str(exc))
+
+    @app.exception_handler(GalleryError)
+    async def gallery_unavailable(_: Request, exc: GalleryError):
+        return error_response(503, "gallery_unavailable", str(exc))
+
+    for broker_error in _broker_errors():
+        @app.exception_handler(broker_error)
+        async def queue_unavailable(_: Request, exc: Exception):
+            return error_response(503, "queue_unavailable",
+                                  f"the job queue (GEOLOC_BROKER_URL) is unreachable: {exc}")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "an internal error occurred; it has been logged")
+
+
+# documented on every route that can give them
+ERROR_RESPONSES = {
+    status: {"description": text, "content": {"application/json": {"example": error_body(status, code, message)}}}
+    for status, code, text, message in [
+        (401, "unauthorized", "No key, or an unknown or revoked one",
+         "send an API key: Authorization: Bearer gk_..."),
+        (403, "forbidden", "The key may not do this",
+         "key 3f2a9c1b0d4e may not search archive; it may search news"),
+        (413, "too_large", "A photo or the request is too large", "the photo is larger than 20 MiB"),
+        (422, "invalid_request", "Bad input (missing field, corrupt photo ...)",
+         "k: Input should be less than or equal to 100"),
+        (503, "gallery_unavailable", "The gallery or the job queue is unreachable",
+         "cannot reach the Qdrant server at http://qdrant:6333"),
+    ]
+}

@@ -1,0 +1,186 @@
+"""Reference collections: list and declare them, add photos (upload or server-side import), delete photos
+or whole collections, prune and re-embed. Everything but reading is for admin keys; the long work runs
+as jobs."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Body, File, Form, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from gallery.base import SearchFilter
+from geoloc.jobs import ORIGINAL, Outcome, check_import_path
+from ingest.exif_gps import GpsError, validate_coordinates
+from ingest.records import point_id
+from search_api.auth import Admin, Caller, Svc
+from search_api.errors import ERROR_RESPONSES, ApiError
+from search_api.routes.common import checked_name, image_id
+from search_api.schemas import (
+    CollectionInfo,
+    CollectionList,
+    Deleted,
+    ImportRequest,
+    JobAccepted,
+    NewCollection,
+    PruneRequest,
+)
+from search_api.services import Services
+
+router = APIRouter(prefix="/collections", tags=["collections"], responses=ERROR_RESPONSES)
+NOT_FOUND = {404: {"description": "No such collection or photo"}}
+
+
+def _existing(svc: Services) -> dict[str, int]:
+    """Every collection, declared or holding photos, with its photo count."""
+    counts = svc.gallery().collections()
+    return {name: counts.get(name, 0) for name in set(counts) | set(svc.registry.all())}
+
+
+def _require(svc: Services, name: str) -> None:
+    if checked_name(name) not in _existing(svc):
+        raise ApiError(404, "no_collection", f"no collection named '{name}': create it first with "
+                                             f"POST /v1/collections")
+
+
+def _accepted(svc: Services, response: Response, job_id: str, photos: list | None = None) -> dict:
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return {"job": svc.jobs.get(job_id), "photos": photos}
+
+
+@router.get("", response_model=CollectionList, summary="Collections this key may read, with photo counts")
+def list_collections(svc: Svc, key: Caller):
+    existing = _existing(svc)
+    declared = svc.registry.all()
+    names = existing if key.is_admin else [n for n in key.collections if n in existing]
+    return {"collections": [{"name": n, "photos": existing[n], **declared.get(n, {})} for n in sorted(names)]}
+
+
+@router.post("", response_model=CollectionInfo, status_code=201, summary="Declare a collection",
+             responses={409: {"description": "The name is taken"}})
+def create_collection(svc: Svc, _: Admin, body: NewCollection):
+    if body.name in _existing(svc):
+        raise ApiError(409, "exists", f"collection '{body.name}' already exists")
+    entry = svc.registry.add(body.name, body.description)
+    if entry is None:
+        raise ApiError(409, "exists", f"collection '{body.name}' already exists")
+    return {"name": body.name, "photos": 0, **entry}
+
+
+@router.delete("/{name}", response_model=Deleted, responses=NOT_FOUND,
+               summary="Delete a collection and all its photos from the gallery")
+def delete_collection(svc: Svc, _: Admin, name: str):
+    _require(svc, name)
+    deleted = svc.gallery().delete_collection(name)
+    svc.registry.remove(name)
+    return {"deleted": deleted}
+
+
+@router.post("/{name}/images", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
+             summary="Add photos: a multipart batch, indexed by a job",
+             description="Photos over GEOLOC_MAX_PHOTO_BYTES are skipped (file_too_large). Coordinates come from the `lat` and `lon` fields, one of each per photo in the "
+                         "order of the photos (an empty pair: read EXIF GPS), or, with no `lat`/`lon` at "
+                         "all, from each photo's EXIF. A photo that cannot be used is skipped with its "
+                         "reason in the job; the rest are indexed. Each photo gets a deterministic id, "
+                         "so sending a photo again never duplicates it.")
+def upload_images(svc: Svc, key: Admin, response: Response, name: str,
+                  photos: Annotated[list[UploadFile], File(description="The photos")],
+                  lat: Annotated[list[str] | None, Form(description="Latitude per photo (or none)")] = None,
+                  lon: Annotated[list[str] | None, Form(description="Longitude per photo (or none)")] = None):
+    settings = svc.settings
+    if len(photos) > settings.max_batch_photos:
+        raise ApiError(413, "too_many_photos", f"{len(photos)} photos in one request; send at most "
+                                               f"{settings.max_batch_photos} (GEOLOC_MAX_BATCH_PHOTOS) per request")
+    lat, lon = lat or [], lon or []
+    if (lat or lon) and not (len(lat) == len(lon) == len(photos)):
+        raise ApiError(422, "invalid_request", f"{len(photos)} photos but {len(lat)} lat and {len(lon)} lon: "
+                                               f"send one of each per photo (empty for EXIF), or none")
+    _require(svc, name)
+    pre, items, listing, seen = Outcome(), [], [], set()
+    for i, upload in enumerate(photos):
+        source = upload.filename or f"photo {i + 1}"
+        reason, digest, path = _spool(svc, upload, seen)
+        given = (lat[i].strip(), lon[i].strip()) if lat else ("", "")
+        if reason is None and given != ("", ""):
+            try:
+                validate_coordinates(*given)
+            except GpsError as exc:
+                reason = str(exc)
+        if reason is not None:
+            pre.skip(source, reason)
+            listing.append({"filename": source, "id": None, "sha256": digest, "status": "skipped",
+                            "reason": reason})
+            continue
+        seen.add(digest)
+        items.append({"path": str(path), "source": source,
+                      "lat": given[0] or None, "lon": given[1] or None})
+        listing.append({"filename": source, "id": point_id(name, digest), "sha256": digest, "status": "queued"})
+    job_id = svc.jobs.index(name, items, key.id, pre, kind="upload")
+    return _accepted(svc, response, job_id, listing)
+
+
+def _spool(svc: Services, upload: UploadFile, seen: set[str]) -> tuple[str | None, str | None, Path | None]:
+    """(reason it is refused or None, sha256, spooled path) of one uploaded photo."""
+    data = upload.file.read(svc.settings.max_photo_bytes + 1)
+    if len(data) > svc.settings.max_photo_bytes:
+        return "file_too_large", None, None
+    if not data:
+        return "empty_file", None, None
+    digest, path = svc.spool.put(data)
+    return ("duplicate_photo" if digest in seen else None), digest, path
+
+
+@router.post("/{name}/imports", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
+             summary="Add a server-side folder or CSV manifest, indexed by a job",
+             description="Only paths under the server's import roots (GEOLOC_IMPORT_ROOTS) are accepted.")
+def import_source(svc: Svc, key: Admin, response: Response, name: str, body: ImportRequest):
+    _require(svc, name)
+    path = check_import_path(body.path, svc.settings.import_roots)
+    return _accepted(svc, response, svc.jobs.import_source(name, path, key.id))
+
+
+@router.delete("/{name}/images/{image}", response_model=Deleted, responses=NOT_FOUND,
+               summary="Remove one photo (by id, or by the SHA-256 of its bytes)")
+def delete_image(svc: Svc, _: Admin, name: str, image: str):
+    deleted = svc.gallery().delete(SearchFilter(collections=[checked_name(name)]), ids=[image_id(name, image)])
+    if not deleted:
+        raise ApiError(404, "no_photo", f"collection '{name}' holds no photo {image}")
+    return {"deleted": deleted}
+
+
+@router.get("/{name}/images/{image}/photo", response_class=FileResponse, responses=NOT_FOUND,
+            summary="The original of a reference photo (evidence of an answer)")
+def get_photo(svc: Svc, key: Caller, name: str, image: str):
+    key.scope([checked_name(name)])
+    hits = svc.gallery().retrieve([image_id(name, image)])
+    if not hits or hits[0].payload.get("collection") != name:
+        raise ApiError(404, "no_photo", f"collection '{name}' holds no photo {image}")
+    original = (hits[0].payload.get("extra") or {}).get(ORIGINAL)
+    if not original or not Path(original).is_file():
+        raise ApiError(404, "no_original", "this photo's original is not stored on the server")
+    media_type = mimetypes.guess_type(hits[0].payload.get("source", ""))[0] or "application/octet-stream"
+    return FileResponse(original, media_type=media_type)
+
+
+@router.post("/{name}/prune", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
+             summary="Remove the photos in a region, or the unplaceable ones, by a job")
+def prune(svc: Svc, key: Admin, response: Response, name: str, body: Annotated[PruneRequest, Body()]):
+    if body.unplaceable and svc.embedder.bundle is None:
+        raise ApiError(422, "needs_bundle", "pruning unplaceable photos needs a model bundle: start the "
+                                            "server with GEOLOC_BUNDLE set")
+    _require(svc, name)
+    box = [body.box.south, body.box.west, body.box.north, body.box.east] if body.box else None
+    radius = [body.radius.lat, body.radius.lon, body.radius.km] if body.radius else None
+    job_id = svc.jobs.prune(svc.gallery(), name, key.id, box=box, radius=radius, unplaceable=body.unplaceable)
+    return _accepted(svc, response, job_id)
+
+
+@router.post("/{name}/reembed", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
+             summary="Embed a collection again with the current model, from its stored originals",
+             description="After switching to a new model bundle: the gallery holds one model's embeddings, "
+                         "so re-embed every collection before searching again.")
+def reembed(svc: Svc, key: Admin, response: Response, name: str):
+    _require(svc, name)
+    return _accepted(svc, response, svc.jobs.reembed(svc.gallery(), name, key.id))

@@ -1,0 +1,50 @@
+"""Helpers the routes share: parsing collection lists, reading a query photo, photo URLs."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import UploadFile
+from PIL import Image
+
+from geoloc.indexing import check_collection_name
+from geoloc.settings import Settings
+from ingest.images import open_image, to_rgb
+from ingest.records import point_id
+from search_api.errors import ApiError
+from search_api.limits import read_upload
+
+
+def parse_collections(value: str | None) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; nothing -> None."""
+    names = [name.strip() for name in (value or "").split(",") if name.strip()]
+    try:
+        return [check_collection_name(name) for name in names] or None
+    except ValueError as exc:
+        raise ApiError(422, "invalid_collection", str(exc)) from exc
+
+
+def checked_name(name: str) -> str:
+    try:
+        return check_collection_name(name)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_collection", str(exc)) from exc
+
+
+def read_photo(upload: UploadFile, settings: Settings) -> Image.Image:
+    """A query photo, decoded within the byte and pixel limits (ImageError -> 413/422)."""
+    return to_rgb(open_image(read_upload(upload, settings.max_photo_bytes), settings.max_pixels))
+
+
+def image_id(collection: str, value: str) -> str:
+    """A photo's point id from its id or from the SHA-256 of its bytes."""
+    if len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
+        return point_id(collection, value.lower())
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(422, "invalid_id", f"{value!r} is neither a photo id (UUID) nor a SHA-256") from None
+
+
+def photo_url(collection: str, point: str) -> str:
+    return f"/v1/collections/{collection}/images/{point}/photo"

@@ -1,0 +1,97 @@
+"""Locate a photo and find similar located photos: reader endpoints, audited."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, File, Form, UploadFile
+
+from gallery.base import SearchFilter
+from geoloc.geodesy import haversine_km
+from geoloc.keys import ApiKey
+from geoloc.locate import Locator
+from search_api.auth import Caller, Svc
+from search_api.errors import ERROR_RESPONSES, ApiError
+from search_api.routes.common import parse_collections, photo_url, read_photo
+from search_api.schemas import LocateResponse, SimilarResponse
+from search_api.services import Services
+
+router = APIRouter(tags=["search"])
+
+MAX_K = 100
+PhotoField = Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP or TIFF")]
+KField = Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours to retrieve")]
+CollectionsField = Annotated[str | None, Form(
+    description="Comma-separated collections to search; default: every collection the key may search",
+    examples=["news,archive"])]
+
+
+@contextmanager
+def audited(svc: Services, key: ApiKey, endpoint: str, requested: list[str] | None, **request):
+    """Log the call, answered or refused, once it is over. `entry` collects what was searched and answered."""
+    entry: dict = {"collections": requested}
+    try:
+        yield entry
+    except Exception as exc:
+        outcome = "refused" if isinstance(exc, (ApiError, PermissionError, ValueError)) else "failed"
+        svc.audit.record(key.id, endpoint, entry.pop("collections"), outcome=outcome,
+                         error=str(exc) or type(exc).__name__, **request)
+        raise
+    svc.audit.record(key.id, endpoint, entry.pop("collections"), outcome="answered", **request, **entry)
+
+
+@router.post("/locate", response_model=LocateResponse, responses=ERROR_RESPONSES,
+             summary="Where was this photo taken?",
+             description="The estimated location, its evidence (the most similar located photos) and, "
+                         "with a model bundle, the likely cells and a confidence. With a bundle the search "
+                         "is Search-within-Cell: the top K inside the predicted cell(s).")
+def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
+           top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle: cells to search")] = 1,
+           aggregator: Annotated[Literal["cluster", "nn", "kde", "mean"], Form(
+               description="How the neighbours become one answer (cluster: DBSCAN, the paper's)")] = "cluster"):
+    requested = parse_collections(collections)
+    with audited(svc, key, "locate", requested, k=k, top_cells=top_cells) as entry:
+        scope = entry["collections"] = key.scope(requested)
+        image = read_photo(photo, svc.settings)
+        locator = Locator(svc.embedder, svc.gallery(), k=k, aggregator=aggregator, collections=scope,
+                          top_cells=top_cells)
+        locator.check_ready()
+        answer = locator.locate([image])[0].to_dict()
+        entry["answer"] = {"lat": answer["lat"], "lon": answer["lon"], "method": answer["method"],
+                           "cell": (answer["cell"] or {}).get("token"), "confidence": answer["confidence"]}
+    for n in answer["neighbours"]:
+        n["photo_url"] = photo_url(n["collection"], n["id"])
+    return {**answer, "collections": scope, "model": svc.embedder.model_id}
+
+
+@router.post("/similar", response_model=SimilarResponse, responses=ERROR_RESPONSES,
+             summary="The most similar located photos",
+             description="Plain retrieval, optionally only within `radius_km` of (`lat`, `lon`).")
+def similar(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
+            lat: Annotated[float | None, Form(ge=-90, le=90, description="Centre latitude")] = None,
+            lon: Annotated[float | None, Form(ge=-180, le=180, description="Centre longitude")] = None,
+            radius_km: Annotated[float | None, Form(gt=0, le=20040, description="Radius around the centre")] = None):
+    given = [v is not None for v in (lat, lon, radius_km)]
+    if any(given) and not all(given):
+        raise ApiError(422, "invalid_request", "lat, lon and radius_km go together: give all three or none")
+    requested = parse_collections(collections)
+    centre = (lat, lon, radius_km) if all(given) else None
+    with audited(svc, key, "similar", requested, k=k, centre=centre) as entry:
+        scope = entry["collections"] = key.scope(requested)
+        image = read_photo(photo, svc.settings)
+        gallery = svc.gallery()
+        gallery.check_model(svc.embedder.model_id)
+        vector = svc.embedder.vectors(svc.embedder.features([image]))[0]
+        hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
+        entry["results"] = len(hits)
+        if hits:
+            entry["answer"] = {"lat": hits[0].lat, "lon": hits[0].lon}
+    km = (haversine_km(np.array([h.lat for h in hits]), np.array([h.lon for h in hits]), lat, lon)
+          if centre and hits else [None] * len(hits))
+    neighbours = [{"id": h.id, "lat": h.lat, "lon": h.lon, "similarity": h.score,
+                   "km": None if d is None else float(d), "collection": h.payload.get("collection", ""),
+                   "source": h.payload.get("source", ""),
+                   "photo_url": photo_url(h.payload.get("collection", ""), h.id)} for h, d in zip(hits, km)]
+    return {"neighbours": neighbours, "collections": scope, "model": svc.embedder.model_id}

