@@ -1,0 +1,212 @@
+"""Job core: progress counted once per batch in both stores, idempotent tasks, prune policies, import
+roots, and the Celery wrappers' retry and delivery settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gallery.base import GalleryError, SearchFilter
+from gallery.edge import EdgeGallery
+from geoloc import jobs
+from geoloc.cells import leaf_int64
+from geoloc.settings import Settings
+from ingest.sources import SourceError
+from tests.photos import photo_bytes
+from tests.test_api import TinyEmbedder
+
+
+@pytest.fixture(params=["file", "redis"])
+def store(request, tmp_path):
+    if request.param == "file":
+        yield jobs.FileJobStore(tmp_path / "jobs")
+        return
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    yield jobs.RedisJobStore(client)
+    client.close()
+
+
+def test_progress_counts_each_batch_once(store):
+    pre = jobs.Outcome()
+    pre.skip("dup.jpg", "duplicate_photo")
+    job_id = store.create("upload", "news", total=5, batches=2, owner="k1", pre=pre)
+    assert store.get(job_id)["state"] == "queued"
+    store.mark_started(job_id)
+    assert store.finish(job_id, 1, jobs.Outcome(done=2))
+    assert not store.finish(job_id, 1, jobs.Outcome(done=2))  # a redelivered batch
+    job = store.get(job_id)
+    assert (job["state"], job["done"], job["skipped"], job["batches_done"]) == ("running", 2, 1, 1)
+    second = jobs.Outcome(done=1)
+    second.skip("b.jpg", "no_gps")
+    store.finish(job_id, 2, second)
+    job = store.get(job_id)
+    assert (job["state"], job["done"], job["skipped"]) == ("succeeded", 3, 2)
+    assert job["reasons"] == {"duplicate_photo": 1, "no_gps": 1} and job["finished"]
+    assert store.get(str(uuid.uuid4())) is None
+
+
+def test_a_batch_given_up_fails_the_job_with_its_reason(store):
+    job_id = store.create("upload", "news", total=3, batches=1, owner="k1")
+    jobs.give_up(store, {"job_id": job_id, "batch": 1, "items": [{}, {}, {}]}, "gallery_unavailable",
+                 "cannot reach the Qdrant server")
+    job = store.get(job_id)
+    assert (job["state"], job["failed"], job["error"]) == ("failed", 3, "cannot reach the Qdrant server")
+
+
+def test_unfinished_in_process_jobs_fail_at_restart(tmp_path):
+    store = jobs.FileJobStore(tmp_path)
+    job_id = store.create("upload", "news", total=4, batches=2, owner="k1")
+    store.finish(job_id, 1, jobs.Outcome(done=2))
+    assert store.interrupt_unfinished("the server stopped") == 1
+    job = store.get(job_id)
+    assert (job["state"], job["done"], job["error"]) == ("failed", 2, "the server stopped")
+    assert store.get("../../etc/passwd") is None
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, bundle=None, batch_size=4)
+    gallery = EdgeGallery(tmp_path / "gallery", TinyEmbedder.dim)
+    yield jobs.JobContext(settings, TinyEmbedder(), gallery, jobs.FileJobStore(tmp_path / "jobs"))
+    gallery.close()
+
+
+def _items(tmp_path, n):
+    items = []
+    for i in range(n):
+        path = tmp_path / f"p{i}.jpg"
+        path.write_bytes(photo_bytes(colour=(20 * i, 100, 200 - 10 * i)))
+        items.append({"path": str(path), "source": path.name, "lat": 10 + i, "lon": 20 + i})
+    return items
+
+
+def test_index_batch_redone_changes_nothing(ctx, tmp_path):
+    items = _items(tmp_path, 5) + [{"path": str(tmp_path / "gone.jpg"), "source": "gone.jpg", "lat": 1, "lon": 1}]
+    job_id = ctx.jobs.create("upload", "news", total=6, batches=1, owner="k1")
+    for _ in range(2):  # the same message delivered twice
+        jobs.index_batch(ctx, job_id, 1, "news", items)
+    assert ctx.gallery.count() == 5
+    job = ctx.jobs.get(job_id)
+    assert (job["done"], job["skipped"], job["reasons"]) == (5, 1, {"missing_file": 1})
+    originals = {h.payload["extra"][jobs.ORIGINAL] for h in ctx.gallery.scroll()}
+    assert originals == {i["path"] for i in items[:5]}
+
+
+def test_reembed_rewrites_vectors_from_originals(ctx, tmp_path):
+    items = _items(tmp_path, 3)
+    jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 3, 1, "k1"), 1, "news", items)
+    ids = [h.id for h in ctx.gallery.scroll()]
+    os.remove(items[0]["path"])
+    ctx.embedder.model_id = "tiny-v2"
+    job_id = ctx.jobs.create("reembed", "news", 3, 1, "k1")
+    jobs.reembed_batch(ctx, job_id, 1, "news", ids)
+    job = ctx.jobs.get(job_id)
+    assert (job["done"], job["skipped"], job["reasons"]) == (2, 1, {"missing_file": 1})
+    assert sorted(h.payload["model"] for h in ctx.gallery.scroll()) == ["tiny-8x8-rgb", "tiny-v2", "tiny-v2"]
+
+
+class _Partition:
+    """Two cells: the western and the eastern hemisphere (by leaf id order, split at one boundary)."""
+
+    def __init__(self, boundary):
+        self.boundary = boundary
+
+    def assign_leaves(self, leaves):
+        return (np.asarray(leaves) >= self.boundary).astype(int)
+
+
+def test_prune_unplaceable_removes_photos_the_classifier_puts_elsewhere(ctx, tmp_path):
+    items = _items(tmp_path, 4)
+    jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 4, 1, "k1"), 1, "news", items)
+    leaves = sorted(h.payload["s2"] for h in ctx.gallery.scroll())
+    boundary = leaves[2]  # two photos in cell 0, two in cell 1
+    # a classifier that puts every photo in cell 0: the two in cell 1 are unplaceable
+    bundle = SimpleNamespace(hierarchy=SimpleNamespace(fine=_Partition(boundary)),
+                             cell_log_probs=lambda f: np.log(np.tile([0.9, 0.1], (len(f), 1))))
+    ctx.embedder.bundle = bundle
+    job_id = ctx.jobs.create("prune", "news", 4, 1, "k1")
+    jobs.prune_unplaceable(ctx, job_id, 1, "news", [h.id for h in ctx.gallery.scroll()])
+    job = ctx.jobs.get(job_id)
+    assert (job["done"], job["removed"]) == (4, 2)
+    assert sorted(h.payload["s2"] for h in ctx.gallery.scroll()) == leaves[:2]
+
+
+def test_prune_region_and_the_planner(ctx, tmp_path):
+    jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 5, 1, "k1"), 1, "news", _items(tmp_path, 5))
+    runner = SimpleNamespace(submit=lambda task, kwargs: jobs.run_task(ctx, task, kwargs))
+    planner = jobs.Jobs(ctx.jobs, runner, batch_size=2)
+    job_id = planner.prune(ctx.gallery, "news", "k1", box=[9.5, 19.5, 11.5, 21.5])  # photos 0 and 1
+    job = planner.get(job_id)
+    assert (job["state"], job["total"], job["removed"]) == ("succeeded", 2, 2)
+    assert ctx.gallery.count(SearchFilter(collections=["news"])) == 3
+    assert leaf_int64(12, 22) in {h.payload["s2"] for h in ctx.gallery.scroll()}
+
+
+def test_run_task_turns_errors_into_a_failed_batch(ctx):
+    job_id = ctx.jobs.create("prune", "news", 0, 1, "k1")
+    jobs.run_task(ctx, "geoloc.prune_unplaceable", {"job_id": job_id, "batch": 1, "collection": "news", "ids": []})
+    job = ctx.jobs.get(job_id)
+    assert job["state"] == "failed" and "needs a model bundle" in job["error"]
+
+
+def test_imports_only_under_the_roots(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    with pytest.raises(PermissionError, match="GEOLOC_IMPORT_ROOTS"):
+        jobs.check_import_path(root, [])
+    with pytest.raises(PermissionError, match="not under an import root"):
+        jobs.check_import_path(root / "escape", [root.resolve()])
+    with pytest.raises(PermissionError):
+        jobs.check_import_path(root / ".." / "outside", [root.resolve()])
+    with pytest.raises(SourceError, match="no such file"):
+        jobs.check_import_path(root / "missing.csv", [root.resolve()])
+    assert jobs.check_import_path(root, [root.resolve()]) == root.resolve()
+
+
+class _Retry(Exception):
+    pass
+
+
+def _task(retries):
+    def retry(exc, countdown):
+        raise _Retry(countdown)
+
+    return SimpleNamespace(request=SimpleNamespace(retries=retries), retry=retry)
+
+
+def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch):
+    from workers import tasks
+
+    store = jobs.FileJobStore(tmp_path)
+    job_id = store.create("upload", "news", 2, 1, "k1")
+    monkeypatch.setattr(tasks, "context", lambda: (_ for _ in ()).throw(GalleryError("Qdrant is down")))
+    monkeypatch.setattr(tasks, "_store", lambda: store)
+    kwargs = {"job_id": job_id, "batch": 1, "collection": "news", "items": [{}, {}]}
+    limit = tasks._settings().task_retries
+    with pytest.raises(_Retry) as retried:
+        tasks._run(_task(0), jobs.index_batch, kwargs)
+    assert retried.value.args == (1,)
+    assert store.get(job_id)["state"] == "queued"
+    tasks._run(_task(limit), jobs.index_batch, kwargs)
+    job = store.get(job_id)
+    assert (job["state"], job["failed"], job["reasons"]) == ("failed", 2, {"gallery_unavailable": 2})
+
+
+def test_celery_delivery_settings():
+    from workers.app import make_celery
+
+    settings = Settings(broker_url="redis://127.0.0.1:1/0", task_time_limit=600)
+    conf = make_celery(settings).conf
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.task_soft_time_limit < conf.task_time_limit == 600
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert 600 < visibility <= 700
