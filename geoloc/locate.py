@@ -52,19 +52,24 @@ class Answer:
 
 class Locator:
     def __init__(self, embedder: Embedder, gallery: Gallery, k: int = 10, aggregator: str = "cluster",
-                 collections: list[str] | None = None, top_cells: int = 1, **aggregator_options):
+                 collections: list[str] | None = None, top_cells: int = 1, head: str | None = None,
+                 within_cell: bool = True, **aggregator_options):
+        """`head` picks the bundle's classifier (default: the bundle's own); `within_cell=False` searches
+        the whole gallery with the bundle's RRM embedding (retrieval without the classifier)."""
         if aggregator not in AGGREGATORS:
             raise LocateError(f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS)}")
         if k < 1 or top_cells < 1:
             raise LocateError("k and top_cells must be at least 1")
         self.embedder, self.gallery = embedder, gallery
         self.k, self.aggregator, self.top_cells = k, aggregator, top_cells
+        self.head = head
+        self.within_cell = within_cell and embedder.bundle is not None
         self.collections = list(collections) if collections else None
         self.aggregator_options = aggregator_options
 
     @property
     def method(self) -> str:
-        return f"swc-{self.aggregator}" if self.embedder.bundle else f"retrieval-{self.aggregator}"
+        return f"swc-{self.aggregator}" if self.within_cell else f"retrieval-{self.aggregator}"
 
     def check_ready(self) -> None:
         self.gallery.check_model(self.embedder.model_id)
@@ -77,10 +82,10 @@ class Locator:
 
     def locate_features(self, features: np.ndarray) -> list[Answer]:
         vectors = self.embedder.vectors(features)
-        if self.embedder.bundle is None:
+        if not self.within_cell:
             where = SearchFilter(collections=self.collections)
             return [self._answer(self.gallery.search(v, self.k, where)) for v in vectors]
-        log_probs = self.embedder.bundle.cell_log_probs(features)
+        log_probs = self.embedder.bundle.cell_log_probs(features, head=self.head)
         return [self._search_within_cells(v, np.exp(lp)) for v, lp in zip(vectors, log_probs)]
 
     def _answer(self, hits: list[Hit], cell_weights: np.ndarray | None = None) -> Answer:
