@@ -1,8 +1,8 @@
 """Celery tasks: thin wrappers over geoloc.jobs that retry, with backoff, while the gallery is unreachable.
 
-Each pool process loads the model once, when it starts (the device is chosen automatically, and the
-model batch sized for it unless GEOLOC_BATCH_SIZE says otherwise); the gallery is opened on the first
-task, inside the retries, so a worker started before Qdrant is up still comes good.
+Each pool process loads the model once, when it starts, on its own GPU when there are several (the
+model batch sized for the device unless GEOLOC_BATCH_SIZE says otherwise); the gallery is opened on the
+first task, inside the retries, so a worker started before Qdrant is up still comes good.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 
 from celery.signals import worker_process_init
+from celery.utils.log import current_process_index
 
 from gallery.base import Gallery, GalleryError
 from geoloc import jobs
@@ -27,17 +28,22 @@ GPU_BATCH = 128
 @functools.cache
 def _settings() -> Settings:
     settings = Settings()
-    if "GEOLOC_BATCH_SIZE" not in os.environ and _on_gpu(settings.device):
+    settings.device = _device(settings.device)
+    if "GEOLOC_BATCH_SIZE" not in os.environ and settings.device.startswith("cuda"):
         settings.batch_size = GPU_BATCH
     return settings
 
 
-def _on_gpu(device: str) -> bool:
-    if device != "auto":
-        return device.startswith("cuda")
+def _device(configured: str) -> str:
+    """As configured; 'auto' is CUDA when present, pool process i on GPU i mod n, so one worker run with
+    --concurrency N drives the N GPUs of its machine."""
+    if configured != "auto":
+        return configured
     import torch
 
-    return torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{(current_process_index(base=0) or 0) % torch.cuda.device_count()}"
 
 
 @functools.cache
