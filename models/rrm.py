@@ -60,7 +60,8 @@ class MemoryBank:
         if self.cells is not None:
             embeddings = torch.cat([self.embeddings, embeddings])
             cells = torch.cat([self.cells, cells])
-        self.embeddings, self.cells = embeddings[-self.size :], cells[-self.size :]
+        start = max(0, len(cells) - self.size)
+        self.embeddings, self.cells = embeddings[start:], cells[start:]
 
 
 def info_nce(
