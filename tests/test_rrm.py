@@ -92,3 +92,10 @@ def test_sampler_draws_one_pair_of_distinct_photos_per_cell():
     again = CellPairSampler(cells, seed=0)
     first = CellPairSampler(cells, seed=0).epoch()
     assert all(np.array_equal(a, b) for a, b in zip(again.epoch(), first))
+
+
+def test_bank_of_size_zero_stays_empty():
+    bank = MemoryBank(size=0)
+    bank.enqueue(torch.ones(3, 2), torch.arange(3))
+    assert len(bank) == 0
+    assert info_nce(Q, Q.clone(), CELLS, bank, tau=0.5).item() == pytest.approx(0.1269280110, abs=1e-6)
