@@ -72,7 +72,8 @@ class Partition:
         """Cell index of each int64 leaf id, -1 where no cell covers it."""
         leaves = np.asarray(leaves, dtype=np.int64)
         j = np.searchsorted(self._lo, leaves, side="right") - 1
-        inside = (j >= 0) & (leaves <= self._hi[np.clip(j, 0, None)])
+        inside = j >= 0
+        inside[inside] = leaves[inside] <= self._hi[j[inside]]
         return np.where(inside, j, -1)
 
     def assign(self, lat, lon) -> np.ndarray:
@@ -147,9 +148,9 @@ def adaptive_partition(
     max_level: int = 13,
 ) -> Partition:
     """Split the most populated cell until there are `n_cells` cells holding at least `min_per_cell`
-    photos, or until no splittable cell holds more than `max_per_cell` (whichever is given first
-    stops it). Cells never go deeper than `max_level`; cells under `min_per_cell` are dropped and their
-    photos left unassigned."""
+    photos, or until no splittable cell holds more than `max_per_cell` (with both given, whichever
+    comes first). Cells never go deeper than `max_level`; cells under `min_per_cell` are dropped and
+    their photos left unassigned."""
     return _partition(leaf_ids(lat, lon), lat, lon, n_cells, max_per_cell, min_per_cell, min_level, max_level)
 
 
@@ -240,7 +241,8 @@ def _span(sorted_leaves, cell) -> tuple[int, int]:
 def _containing(outer: Partition, inner: Partition) -> np.ndarray:
     """Index of the outer cell containing each inner cell; raises if some inner cell has none."""
     j = outer.assign_leaves(inner._lo)
-    ok = (j >= 0) & (inner._hi <= outer._hi[np.clip(j, 0, None)])
+    ok = j >= 0
+    ok[ok] = inner._hi[ok] <= outer._hi[j[ok]]
     if not np.all(ok):
         bad = [inner.tokens[i] for i in np.flatnonzero(~ok)[:5]]
         raise ValueError(f"partitions do not nest: no parent for cells {bad}")
