@@ -74,6 +74,7 @@ def api(tmp_path_factory, photos):
             job_id = _upload(state, name, photos[name]).json()["job"]["id"]
             state["jobs"][name] = _follow(state, job_id)
         yield state
+    services.close()
 
 
 def _files(rows):

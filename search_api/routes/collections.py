@@ -80,11 +80,12 @@ def delete_collection(svc: Svc, _: Admin, name: str):
 
 @router.post("/{name}/images", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
              summary="Add photos: a multipart batch, indexed by a job",
-             description="Photos over GEOLOC_MAX_PHOTO_BYTES are skipped (file_too_large). Coordinates come from the `lat` and `lon` fields, one of each per photo in the "
+             description="Coordinates come from the `lat` and `lon` fields, one of each per photo in the "
                          "order of the photos (an empty pair: read EXIF GPS), or, with no `lat`/`lon` at "
-                         "all, from each photo's EXIF. A photo that cannot be used is skipped with its "
-                         "reason in the job; the rest are indexed. Each photo gets a deterministic id, "
-                         "so sending a photo again never duplicates it.")
+                         "all, from each photo's EXIF. A photo that cannot be used (no GPS, undecodable, "
+                         "over GEOLOC_MAX_PHOTO_BYTES ...) is skipped with its reason in the job; the rest "
+                         "are indexed. A photo's id is fixed by its bytes: sending it again never "
+                         "duplicates it.")
 def upload_images(svc: Svc, key: Admin, response: Response, name: str,
                   photos: Annotated[list[UploadFile], File(description="The photos")],
                   lat: Annotated[list[str] | None, Form(description="Latitude per photo (or none)")] = None,
@@ -101,35 +102,38 @@ def upload_images(svc: Svc, key: Admin, response: Response, name: str,
     pre, items, listing, seen = Outcome(), [], [], set()
     for i, upload in enumerate(photos):
         source = upload.filename or f"photo {i + 1}"
-        reason, digest, path = _spool(svc, upload, seen)
         given = (lat[i].strip(), lon[i].strip()) if lat else ("", "")
-        if reason is None and given != ("", ""):
-            try:
-                validate_coordinates(*given)
-            except GpsError as exc:
-                reason = str(exc)
+        reason, digest, path = _accept(svc, upload, given, seen)
         if reason is not None:
             pre.skip(source, reason)
             listing.append({"filename": source, "id": None, "sha256": digest, "status": "skipped",
                             "reason": reason})
             continue
-        seen.add(digest)
-        items.append({"path": str(path), "source": source,
-                      "lat": given[0] or None, "lon": given[1] or None})
+        items.append({"path": str(path), "source": source, "lat": given[0] or None, "lon": given[1] or None})
         listing.append({"filename": source, "id": point_id(name, digest), "sha256": digest, "status": "queued"})
     job_id = svc.jobs.index(name, items, key.id, pre, kind="upload")
     return _accepted(svc, response, job_id, listing)
 
 
-def _spool(svc: Services, upload: UploadFile, seen: set[str]) -> tuple[str | None, str | None, Path | None]:
-    """(reason it is refused or None, sha256, spooled path) of one uploaded photo."""
+def _accept(svc: Services, upload: UploadFile, coordinates: tuple[str, str],
+            seen: set[str]) -> tuple[str | None, str | None, Path | None]:
+    """(reason it is refused or None, sha256, spooled path) of one uploaded photo. Refusals decided
+    here are those that need no decoding; the worker finds the rest."""
+    if coordinates != ("", ""):
+        try:
+            validate_coordinates(*coordinates)
+        except GpsError as exc:
+            return str(exc), None, None
     data = upload.file.read(svc.settings.max_photo_bytes + 1)
     if len(data) > svc.settings.max_photo_bytes:
         return "file_too_large", None, None
     if not data:
         return "empty_file", None, None
-    digest, path = svc.spool.put(data)
-    return ("duplicate_photo" if digest in seen else None), digest, path
+    digest, path = svc.spool.put(data)  # content-addressed: a duplicate takes no more room
+    if digest in seen:
+        return "duplicate_photo", digest, None
+    seen.add(digest)
+    return None, digest, path
 
 
 @router.post("/{name}/imports", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
