@@ -24,7 +24,7 @@ from ingest.records import point_id, sha256_hex
 from search_api.app import create_app
 from search_api.services import build_services
 from tests.photos import gps_block, photo_bytes
-from tests.services import DATA, manifest_rows
+from tests.services import DATA, free_port, manifest_rows
 
 
 class TinyEmbedder:
@@ -356,3 +356,16 @@ def test_import_reembed_prune_and_delete(api, photos):
     assert client.delete("/v1/collections/imported", headers=admin).json() == {"deleted": 1}
     names = [c["name"] for c in client.get("/v1/collections", headers=admin).json()["collections"]]
     assert "imported" not in names
+
+
+def test_an_unreachable_queue_is_a_503_not_a_500(tmp_path, photos):
+    settings = Settings(home=tmp_path, broker_url=f"redis://127.0.0.1:{free_port()}/0", qdrant_url=None,
+                        bundle=None, require_keys=False)
+    services = build_services(settings, TinyEmbedder())
+    with TestClient(create_app(services=services)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["gallery"] == "ok"
+        assert ready.json()["checks"]["broker"].startswith("unreachable")
+        assert client.post("/v1/collections", json={"name": "news"}).status_code == 201
+        error = _error(_upload({"client": client, "admin": {}}, "news", photos["spare"][:1]), 503)
+        assert error["code"] == "queue_unavailable" and "GEOLOC_BROKER_URL" in error["message"]

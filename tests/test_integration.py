@@ -16,7 +16,7 @@ import pytest
 from gallery.base import SearchFilter
 from gallery.shared import SharedEdgeGallery
 from ingest.records import point_id, sha256_hex
-from tests.services import DATA, geoloc, manifest_rows, service_env, start_api, start_worker, wait_until
+from tests.services import DATA, REPO, geoloc, manifest_rows, service_env, start_api, start_worker, wait_until
 
 N_PHOTOS = 50
 TASK_TIME_LIMIT = 20  # seconds; a killed worker's batch comes back after 25 (the visibility timeout)
@@ -30,7 +30,7 @@ def stack(tmp_path_factory, redis_url):
     logs = tmp_path_factory.mktemp("logs")
     env = service_env(home, redis_url, GEOLOC_TASK_TIME_LIMIT=TASK_TIME_LIMIT, GEOLOC_JOB_BATCH=PHOTOS_PER_TASK,
                       GEOLOC_BATCH_SIZE=PHOTOS_PER_TASK)
-    token = subprocess.run(geoloc("keys", "create", "--admin", "--name", "integration"), env=env, cwd=DATA,
+    token = subprocess.run(geoloc("keys", "create", "--admin", "--name", "integration"), env=env, cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.strip()
     state = {"env": env, "logs": logs, "home": home, "workers": [start_worker(env, logs)]}
     api, url = start_api(env, logs)
