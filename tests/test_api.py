@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from gallery.base import SearchFilter
 from geoloc.embedding import l2_normalise
 from geoloc.settings import Settings
 from ingest.records import point_id, sha256_hex
+from models.partition import adaptive_hierarchy
 from search_api.app import create_app
 from search_api.services import build_services
 from tests.photos import gps_block, photo_bytes
@@ -369,3 +371,30 @@ def test_an_unreachable_queue_is_a_503_not_a_500(tmp_path, photos):
         assert client.post("/v1/collections", json={"name": "news"}).status_code == 201
         error = _error(_upload({"client": client, "admin": {}}, "news", photos["spare"][:1]), 503)
         assert error["code"] == "queue_unavailable" and "GEOLOC_BROKER_URL" in error["message"]
+
+
+def test_locate_searches_within_the_predicted_cells_with_a_bundle(api, photos, monkeypatch):
+    news = photos["news"]
+    lat, lon = (np.array([float(r[c]) for r in news]) for c in ("lat", "lon"))
+    hierarchy = adaptive_hierarchy(lat, lon, (2, 3, 4))
+    fine = hierarchy.fine
+
+    def cell_log_probs(features, head=None):  # a classifier sure of cell 0, then cell 1
+        probs = np.full((len(features), len(fine)), 0.02)
+        probs[:, 0], probs[:, 1] = 0.7, 0.3 - 0.02 * (len(fine) - 2)
+        return np.log(probs)
+
+    monkeypatch.setattr(api["services"].embedder, "bundle",
+                        SimpleNamespace(hierarchy=hierarchy, cell_log_probs=cell_log_probs))
+    for top_cells, allowed in ((1, {0}), (2, {0, 1})):
+        response = api["client"].post("/v1/locate", files=_photo(photos["secret"][0]), headers=api["reader"],
+                                      data={"k": "10", "top_cells": str(top_cells)})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["method"] == "swc-cluster"
+        assert answer["cell"]["token"] == fine.tokens[0] and answer["cell"]["probability"] == pytest.approx(0.7)
+        assert [c["token"] for c in answer["candidates"]][:2] == fine.tokens[:2]
+        assert 0 <= answer["confidence"] <= 1
+        found = fine.assign([n["lat"] for n in answer["neighbours"]], [n["lon"] for n in answer["neighbours"]])
+        assert answer["neighbours"] and set(found.tolist()) <= allowed
+        assert {n["collection"] for n in answer["neighbours"]} == {"news"}
