@@ -29,7 +29,6 @@ from geoloc.embedding import Embedder
 from geoloc.indexing import index_records
 from geoloc.settings import Settings
 from ingest import sources
-from ingest.images import SUPPORTED_SUFFIXES
 from ingest.records import PhotoRecord, Skipped
 from ingest.sources import SourceError, load_photo
 
@@ -444,8 +443,8 @@ def check_import_path(path: str | Path, roots: Iterable[Path]) -> Path:
 def plan_import(path: Path) -> tuple[list[dict], Outcome]:
     """A folder or CSV manifest -> photo items for index_batch, and the entries refused up front."""
     items, pre = [], Outcome()
-    for entry in sources._items(path):
-        if entry.path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    for entry in sources.list_entries(path):
+        if not entry.supported:
             pre.skip(entry.source, "unsupported_type")
         else:
             items.append({"path": str(entry.path), "source": entry.source, "lat": entry.lat, "lon": entry.lon,

@@ -25,12 +25,18 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Item:
+class SourceEntry:
+    """One photo a source lists, before it is read."""
+
     source: str
     path: Path
     lat: str | None = None  # from a manifest; None means "read EXIF"
     lon: str | None = None
     extra: tuple = ()
+
+    @property
+    def supported(self) -> bool:
+        return self.path.suffix.lower() in SUPPORTED_SUFFIXES
 
 
 def load_photo(source: str, data: bytes, lat=None, lon=None, extra: dict | None = None,
@@ -48,8 +54,8 @@ def load_photo(source: str, data: bytes, lat=None, lon=None, extra: dict | None 
     return PhotoRecord(source, lat, lon, sha256_hex(data), rgb, dict(extra or {}))
 
 
-def _load(item: _Item, max_pixels: int) -> PhotoRecord | Skipped:
-    if item.path.suffix.lower() not in SUPPORTED_SUFFIXES:
+def load_entry(item: SourceEntry, max_pixels: int = DEFAULT_MAX_PIXELS) -> PhotoRecord | Skipped:
+    if not item.supported:
         return Skipped(item.source, "unsupported_type")
     try:
         data = item.path.read_bytes()
@@ -60,9 +66,9 @@ def _load(item: _Item, max_pixels: int) -> PhotoRecord | Skipped:
     return load_photo(item.source, data, item.lat, item.lon, dict(item.extra), max_pixels)
 
 
-def _folder_items(root: Path) -> Iterator[_Item]:
+def _folder_items(root: Path) -> Iterator[SourceEntry]:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        yield _Item(str(path.relative_to(root)), path)
+        yield SourceEntry(str(path.relative_to(root)), path)
 
 
 def resolve_manifest_path(csv_path: Path, name: str) -> Path:
@@ -75,7 +81,7 @@ def resolve_manifest_path(csv_path: Path, name: str) -> Path:
     return in_images if not beside.exists() and in_images.exists() else beside
 
 
-def _manifest_items(csv_path: Path) -> Iterator[_Item]:
+def _manifest_items(csv_path: Path) -> Iterator[SourceEntry]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -88,18 +94,19 @@ def _manifest_items(csv_path: Path) -> Iterator[_Item]:
             name = (row.get("filename") or "").strip()
             extra = tuple((k, v) for k, v in row.items() if k not in REQUIRED_COLUMNS and k)
             path = resolve_manifest_path(csv_path, name)
-            yield _Item(name or f"row {reader.line_num}", path,
+            yield SourceEntry(name or f"row {reader.line_num}", path,
                         row.get("lat") or "", row.get("lon") or "", extra)
 
 
-def _items(path: Path) -> Iterator[_Item]:
+def list_entries(path: Path) -> Iterator[SourceEntry]:
+    """The entries of a folder (recursive), a CSV manifest or a single photo, in a stable order."""
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
     if path.is_dir():
         return _folder_items(path)
     if path.suffix.lower() == ".csv":
         return _manifest_items(path)
-    return iter([_Item(path.name, path)])
+    return iter([SourceEntry(path.name, path)])
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
@@ -116,11 +123,11 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> It
 
 def count_items(path: Path) -> int:
     """How many entries the source lists (for a progress bar's total)."""
-    return sum(1 for _ in _items(Path(path)))
+    return sum(1 for _ in list_entries(Path(path)))
 
 
 def iter_source(path: str | Path, workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS
                 ) -> Iterator[PhotoRecord | Skipped]:
     """Records and skips of a folder (recursive), a CSV manifest or a single photo, in a stable order."""
-    items = _items(Path(path))
-    return _ordered_map(lambda item: _load(item, max_pixels), items, workers, window=4 * workers + 8)
+    items = list_entries(Path(path))
+    return _ordered_map(lambda item: load_entry(item, max_pixels), items, workers, window=4 * workers + 8)
