@@ -59,6 +59,7 @@ def train_bundle(
     """Train the hierarchy, the heads of `kinds` and the RRM on one feature cache, with the defaults
     above, and save them as a bundle in `directory` (returned loaded).
 
+    The default head is MvMF when trained (the paper's best with the RRM), else the first of `kinds`.
     The backbone name is the part of the cache's model id before ':' (the Backbone's own format);
     `preprocessing` should be the backbone's eval transform (its data config) when at hand."""
     from models.bundle import save_bundle  # the bundle module builds on this one
@@ -79,6 +80,7 @@ def train_bundle(
         backbone_model_id=features.model_id,
         preprocessing=preprocessing or {"backbone": backbone_name, "transform": "the backbone's eval transform"},
         metrics=metrics,
+        default_head="mvmf" if "mvmf" in heads else None,
     )
 
 

@@ -161,7 +161,7 @@ def test_train_bundle_trains_every_part_and_saves_it(tmp_path):
         assert metrics[kind]["n_val"] > 0 and 0 <= metrics[kind]["val_top1"] <= 1
         assert 1 <= metrics[kind]["best_epoch"] <= metrics[kind]["epochs"]
     assert 0 <= metrics["rrm"]["val_top1"] <= 1 and metrics["rrm"]["val_top1_raw"] is not None
-    assert bundle.backbone_name == "tf_efficientnet_lite0"
+    assert bundle.backbone_name == "tf_efficientnet_lite0" and bundle.default_head == "mvmf"
     again = load_bundle(tmp_path / "b")
     assert np.array_equal(again.embed(features[:5]), bundle.embed(features[:5]))
     assert np.array_equal(again.cell_log_probs(features[:5], "mvmf"), bundle.cell_log_probs(features[:5], "mvmf"))
