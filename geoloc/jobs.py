@@ -29,12 +29,11 @@ from geoloc.embedding import Embedder
 from geoloc.indexing import index_records
 from geoloc.settings import Settings
 from ingest import sources
-from ingest.records import PhotoRecord, Skipped
-from ingest.sources import SourceError, load_photo
+from ingest.records import ORIGINAL, PhotoRecord, Skipped
+from ingest.sources import SourceError, read_photo_file
 
 log = logging.getLogger(__name__)
 
-ORIGINAL = "original"  # key, in a photo's payload `extra`, of the path to its original bytes
 MAX_LISTED_ITEMS = 200  # skipped or failed photos a job lists by name (all are counted)
 JOB_TTL_S = 30 * 24 * 3600  # how long a broker-side job record is kept
 
@@ -241,22 +240,12 @@ class JobContext:
     jobs: JobStore
 
 
-def _read_photo(path: str, source: str, lat, lon, extra: dict, max_pixels: int) -> PhotoRecord | Skipped:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return Skipped(source, "missing_file")
-    except OSError:
-        return Skipped(source, "unreadable_file")
-    return load_photo(source, data, lat, lon, {**extra, ORIGINAL: str(path)}, max_pixels)
-
-
 def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items: list[dict]) -> None:
     """Embed and upsert a batch of photos, each {"path", "source", "lat", "lon", "extra"} (no lat/lon:
     EXIF). The original's path goes into the payload, so the photo can be re-embedded later."""
     ctx.jobs.mark_started(job_id)
-    records = (_read_photo(i["path"], i["source"], i.get("lat"), i.get("lon"), i.get("extra") or {},
-                           ctx.settings.max_pixels) for i in items)
+    records = (read_photo_file(i["source"], i["path"], i.get("lat"), i.get("lon"), i.get("extra"),
+                               ctx.settings.max_pixels) for i in items)
     report = index_records(records, collection, ctx.gallery, ctx.embedder,
                            batch_size=ctx.settings.batch_size, source=f"job {job_id}")
     outcome = Outcome(done=report.indexed)
@@ -279,7 +268,7 @@ def _originals(hits: list[Hit], max_pixels: int) -> Iterator[tuple[Hit, PhotoRec
         if not extra.get(ORIGINAL):
             yield hit, Skipped(source, "no_original")
             continue
-        yield hit, _read_photo(extra[ORIGINAL], source, hit.lat, hit.lon, {}, max_pixels)
+        yield hit, read_photo_file(source, extra[ORIGINAL], hit.lat, hit.lon, None, max_pixels)
 
 
 def _embeddable(ctx: JobContext, hits: list[Hit], outcome: Outcome) -> tuple[list[Hit], np.ndarray]:

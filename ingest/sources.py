@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ingest.exif_gps import GpsError, gps_from_exif, validate_coordinates
 from ingest.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageError, open_image, to_rgb
-from ingest.records import PhotoRecord, Skipped, sha256_hex
+from ingest.records import ORIGINAL, PhotoRecord, Skipped, sha256_hex
 
 REQUIRED_COLUMNS = ("filename", "lat", "lon")
 
@@ -54,16 +54,24 @@ def load_photo(source: str, data: bytes, lat=None, lon=None, extra: dict | None 
     return PhotoRecord(source, lat, lon, sha256_hex(data), rgb, dict(extra or {}))
 
 
+def read_photo_file(source: str, path: Path, lat=None, lon=None, extra: dict | None = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> PhotoRecord | Skipped:
+    """A photo on disk -> a record whose payload remembers the original's path (so a later bundle
+    can re-embed it, or the classifier prune it)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return Skipped(source, "missing_file")
+    except OSError:
+        return Skipped(source, "unreadable_file")
+    extra = {**(extra or {}), ORIGINAL: str(Path(path).resolve())}
+    return load_photo(source, data, lat, lon, extra, max_pixels)
+
+
 def load_entry(item: SourceEntry, max_pixels: int = DEFAULT_MAX_PIXELS) -> PhotoRecord | Skipped:
     if not item.supported:
         return Skipped(item.source, "unsupported_type")
-    try:
-        data = item.path.read_bytes()
-    except FileNotFoundError:
-        return Skipped(item.source, "missing_file")
-    except OSError:
-        return Skipped(item.source, "unreadable_file")
-    return load_photo(item.source, data, item.lat, item.lon, dict(item.extra), max_pixels)
+    return read_photo_file(item.source, item.path, item.lat, item.lon, dict(item.extra), max_pixels)
 
 
 def _folder_items(root: Path) -> Iterator[SourceEntry]:

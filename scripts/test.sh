@@ -9,4 +9,5 @@ if ! command -v redis-server >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
+.venv/bin/ruff check --quiet .
 exec .venv/bin/python -m pytest -q "$@"

@@ -94,7 +94,8 @@ def test_manifest_keeps_extra_columns_and_reports_bad_rows(tmp_path):
     results = {r.source: r for r in iter_source(manifest)}
     x = results["img/x.jpg"]
     assert located(x) == (40.7, -74.0)
-    assert x.extra == {"photographer": "alice", "caption": "a street"}
+    assert x.extra == {"photographer": "alice", "caption": "a street",
+                       "original": str((tmp_path / "img" / "x.jpg").resolve())}
     assert located(results["z.jpg"]) == (1.0, 2.0)
     assert results["img/missing.jpg"].reason == "missing_file"
     assert results["img/y.jpg"].reason == "invalid_coordinates"

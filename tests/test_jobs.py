@@ -15,6 +15,7 @@ from gallery.edge import EdgeGallery
 from geoloc import jobs
 from geoloc.cells import leaf_int64
 from geoloc.settings import Settings
+from ingest.records import ORIGINAL
 from ingest.sources import SourceError
 from tests.photos import photo_bytes
 from tests.test_api import TinyEmbedder
@@ -94,7 +95,7 @@ def test_index_batch_redone_changes_nothing(ctx, tmp_path):
     assert ctx.gallery.count() == 5
     job = ctx.jobs.get(job_id)
     assert (job["done"], job["skipped"], job["reasons"]) == (5, 1, {"missing_file": 1})
-    originals = {h.payload["extra"][jobs.ORIGINAL] for h in ctx.gallery.scroll()}
+    originals = {h.payload["extra"][ORIGINAL] for h in ctx.gallery.scroll()}
     assert originals == {i["path"] for i in items[:5]}
 
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Body, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from gallery.base import SearchFilter
-from geoloc.jobs import ORIGINAL, Outcome, check_import_path
+from geoloc.jobs import Outcome, check_import_path
 from ingest.exif_gps import GpsError, validate_coordinates
-from ingest.records import point_id
+from ingest.records import ORIGINAL, point_id
 from search_api.auth import Admin, Caller, Svc
 from search_api.errors import ERROR_RESPONSES, ApiError
 from search_api.routes.common import checked_name, image_id
