@@ -107,7 +107,7 @@ def cmd_locate(args) -> int:
     failures, results, errors = 0, [], []
     with _open(settings, embedder) as gallery:
         locator = Locator(embedder, gallery, k=args.k, aggregator=args.aggregator,
-                          collections=args.collections, top_cells=args.top_cells)
+                          collections=args.collections, top_cells=args.top_cells, head=args.head)
         locator.check_ready()
         for batch in _query_batches(args.images, settings.batch_size):
             for name, _, _, error in batch:
@@ -190,6 +190,69 @@ def cmd_features(args) -> int:
     for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
         print(f"  skipped {count}: {reason}")
     return 0
+
+
+def cmd_train(args) -> int:
+    from geoloc.features import load_features
+    from models.train import train_bundle
+
+    features = load_features(args.features)
+    kinds = tuple(k.strip() for k in args.heads.split(",") if k.strip())
+    print(f"training on {len(features)} photos ({features.model_id}): heads {', '.join(kinds)} and the RRM")
+    bundle = train_bundle(features, args.out, kinds=kinds, seed=args.seed, device=_settings(args).device)
+    for name, metrics in bundle.manifest["metrics"].items():
+        top1 = metrics.get("val_top1")
+        shown = "n/a" if top1 is None else f"{100 * top1:.1f}%"
+        print(f"  {name}: {metrics.get('epochs')} epochs, validation top-1 cell {shown}")
+    fine = bundle.hierarchy.fine
+    print(f"bundle {bundle.bundle_id[:12]} -> {args.out} ({len(fine)} fine cells); use it with --bundle "
+          f"{args.out} or GEOLOC_BUNDLE, after indexing the gallery with it")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from geoloc.crossval import cross_validate, markdown, write_report
+    from geoloc.features import load_features
+
+    features = load_features(args.features)
+    report = cross_validate(features, folds=args.folds, seed=args.seed,
+                            progress=lambda line: print(line, file=sys.stderr))
+    paths = write_report(report, Path(args.out))
+    print(markdown(report))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import time
+
+    from geoloc.jobs import InProcessRunner, JobContext, Jobs, open_job_store
+
+    if not (args.unplaceable or args.box or args.radius):
+        raise UserError("say what to prune: --unplaceable, --box S W N E and/or --radius LAT LON KM")
+    settings = _settings(args)
+    if args.unplaceable and not settings.bundle:
+        raise UserError("--unplaceable needs the model bundle whose classifier decides: --bundle DIR")
+    embedder = _embedder(settings)
+    with _open(settings, embedder) as gallery:
+        if args.collection not in gallery.collections():
+            raise UserError(f"no collection named '{args.collection}'")
+        store = open_job_store(settings)
+        runner = InProcessRunner(JobContext(settings, embedder, gallery, store))
+        try:
+            job_id = Jobs(store, runner, settings.job_batch).prune(gallery, args.collection, "cli", box=args.box,
+                                                                   radius=args.radius, unplaceable=args.unplaceable)
+            with tqdm(total=store.get(job_id)["total"], unit="photo", desc="pruning") as bar:
+                while (job := store.get(job_id))["state"] not in ("succeeded", "failed"):
+                    bar.n = job["done"] + job["skipped"] + job["failed"]
+                    bar.refresh()
+                    time.sleep(0.2)
+        finally:
+            runner.close()
+    print(f"removed {job['removed']} of {job['total']} photos checked in '{args.collection}'"
+          + (f"; skipped {job['skipped']} ({', '.join(f'{k}: {v}' for k, v in job['reasons'].items())})"
+             if job["skipped"] else ""))
+    return 0 if job["state"] == "succeeded" else 1
 
 
 def cmd_serve(args) -> int:
@@ -282,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregator", default="cluster", choices=["cluster", "nn", "kde", "mean"])
     p.add_argument("--collections", nargs="*", help="search only these collections")
     p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
+    p.add_argument("--head", choices=["ce", "hc", "mvmf"], help="with a bundle: its classifier (default: its own)")
     model_options(p)
     p.set_defaults(func=cmd_locate)
 
@@ -298,6 +362,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz file")
     model_options(p)
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train the cell classifiers and the RRM on a feature cache -> a bundle")
+    p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--heads", default="ce,hc,mvmf", help="heads to train (default ce,hc,mvmf; SwC uses mvmf)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="auto, cpu, cuda ... (default auto)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="photographer-disjoint k-fold evaluation of every method")
+    p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval", help="folder for eval.md, eval.json and eval.png")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("prune", help="remove photos from a collection: unplaceable ones, or a region")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--unplaceable", action="store_true",
+                   help="photos the bundle's classifier puts outside their own cell (paper 3.3.3)")
+    p.add_argument("--box", nargs=4, type=float, metavar=("SOUTH", "WEST", "NORTH", "EAST"))
+    p.add_argument("--radius", nargs=3, type=float, metavar=("LAT", "LON", "KM"))
+    model_options(p)
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("collections", help="list reference collections and their photo counts")
     p.set_defaults(func=cmd_collections)
