@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import DBSCAN
-
 from geoloc.geodesy import EARTH_RADIUS_KM, haversine_km, spherical_mean
 
 
@@ -24,6 +22,8 @@ class Estimate:
 def cluster(lat, lon, scores, eps_km: float = 1.0, min_samples: int = 1) -> Estimate:
     """DBSCAN on great-circle distance, largest cluster (tie: the one holding the most similar photo),
     answered by its spherical mean."""
+    from sklearn.cluster import DBSCAN  # imported here: it costs commands that never cluster ~2 s
+
     lat, lon, scores = map(np.asarray, (lat, lon, scores))
     coords = np.radians(np.stack([lat, lon], axis=1))
     labels = DBSCAN(eps=eps_km / EARTH_RADIUS_KM, min_samples=min_samples, metric="haversine",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import s2sphere
 
 from geoloc.evaluation import densest_location, errors_km
 from geoloc.geodesy import haversine_km
@@ -31,18 +32,39 @@ def read(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
+def split(tmp_path_factory) -> Path:
+    """gallery.csv and queries.csv of a slice, split by photographer by the `geoloc split` command."""
+    work = tmp_path_factory.mktemp("split")
     rows = read(MANIFEST)[:SLICE]
-    manifest = home / "slice.csv"
+    manifest = work / "slice.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "filename": str(MANIFEST.parent / "images" / r["filename"])} for r in rows)
-    assert geoloc(home, "split", str(manifest), "--out", str(home / "split"), "--query-fraction", "0.2").returncode == 0
+    assert geoloc(work, "split", str(manifest), "--out", str(work), "--query-fraction", "0.2").returncode == 0
+    return work
+
+
+@pytest.fixture(scope="module")
+def indexed(split, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    (home / "split").symlink_to(split)
     result = geoloc(home, "index", str(home / "split/gallery.csv"), "--collection", "real")
     assert result.returncode == 0, result.stderr
     return home
+
+
+@pytest.fixture(scope="module")
+def swc(split, tmp_path_factory):
+    """A bundle trained on the gallery part's cached features, and a gallery indexed with it."""
+    home = tmp_path_factory.mktemp("swc")
+    features, bundle = home / "gallery.npz", home / "bundle"
+    for args in (["features", str(split / "gallery.csv"), "--out", str(features)],
+                 ["train", str(features), "--out", str(bundle)],
+                 ["index", str(split / "gallery.csv"), "--collection", "swc", "--bundle", str(bundle)]):
+        result = geoloc(home, *args)
+        assert result.returncode == 0, (args, result.stderr)
+    return home, bundle
 
 
 def test_split_is_photographer_disjoint(indexed):
@@ -79,6 +101,41 @@ def test_retrieval_beats_the_trivial_answers_at_continent_scale(indexed):
     assert retrieval > densest and retrieval > random_photo, (retrieval, densest, random_photo)
 
 
+def test_swc_answers_from_inside_the_predicted_cell(swc, split):
+    home, bundle = swc
+    result = geoloc(home, "locate", str(split / "queries.csv"), "--bundle", str(bundle), "--json")
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)["answers"]
+    assert answers
+    for answer in answers:
+        assert answer["method"] == "swc-cluster" and 0 <= answer["confidence"] <= 1
+        assert len(answer["candidates"]) == min(5, len(answer["candidates"])) and answer["candidates"]
+        assert answer["candidates"][0]["token"] == answer["cell"]["token"]
+        cell = s2sphere.CellId.from_token(answer["cell"]["token"])
+        for n in answer["neighbours"]:
+            assert cell.contains(s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(n["lat"], n["lon"])))
+        if not answer["neighbours"]:  # an empty cell answers its centre
+            assert (answer["lat"], answer["lon"]) == (answer["cell"]["lat"], answer["cell"]["lon"])
+
+
+def test_a_gallery_of_another_model_is_refused(swc, indexed, split):
+    _, bundle = swc
+    result = geoloc(indexed, "locate", str(split / "queries.csv"), "--bundle", str(bundle))
+    assert result.returncode == 2 and "holds embeddings of model" in result.stderr, result.stderr
+
+
+def test_prune_unplaceable_removes_what_the_classifier_misplaces(swc):
+    home, bundle = swc
+    before = int(geoloc(home, "collections").stdout.split()[1])
+    result = geoloc(home, "prune", "--collection", "swc", "--unplaceable", "--bundle", str(bundle))
+    assert result.returncode == 0, result.stderr
+    removed = int(result.stdout.split("removed ")[1].split()[0])
+    assert f"of {before} photos checked" in result.stdout
+    after = geoloc(home, "collections").stdout.split()
+    assert int(after[1] if after[0] == "swc" else 0) == before - removed
+
+
+# last: these change the retrieval gallery the tests above read
 def test_reindexing_never_duplicates_and_drop_empties(indexed):
     subset = indexed / "again.csv"
     rows = read(indexed / "split/gallery.csv")[:10]
