@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from qdrant_edge import (
     CountRequest,
     Distance,
@@ -39,20 +38,11 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
-from gallery.base import (
-    PAYLOAD_INDEXES,
-    VECTOR_NAME,
-    Gallery,
-    GalleryError,
-    GalleryPoint,
-    Hit,
-    SearchFilter,
-    float_bounds,
-)
+from gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, SearchFilter, float_bounds
+from gallery.qdrant_base import QdrantGallery
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
-UPSERT_BATCH = 256
 
 _INDEX_SCHEMAS = {
     "keyword": PayloadSchemaType.Keyword,
@@ -89,7 +79,7 @@ def _in_cell(lo: int, hi: int) -> FieldCondition:
     return FieldCondition("s2", range=RangeFloat(gte=gte, lte=lte))
 
 
-class EdgeGallery(Gallery):
+class EdgeGallery(QdrantGallery):
     """The gallery at `path`: `path/shard` (the Edge shard) and `path/gallery.json` (its dimension).
 
     `dim=None` opens an existing gallery whatever its dimension (listing, deleting); creating one needs it.
@@ -136,69 +126,36 @@ class EdgeGallery(Gallery):
             if field not in present:
                 self._shard.update(UpdateOperation.create_field_index(field, _INDEX_SCHEMAS[kind]))
 
-    def _vector(self, vector: np.ndarray) -> list[float]:
-        v = np.asarray(vector, dtype=np.float32).ravel()
-        if v.shape[0] != self.dim:
-            raise GalleryError(f"a {v.shape[0]}-d vector for a gallery of {self.dim}-d embeddings")
-        return v.tolist()
+    # the primitives QdrantGallery builds on
+    _native_filter = staticmethod(edge_filter)
 
-    def upsert(self, points: Sequence[GalleryPoint]) -> None:
-        for start in range(0, len(points), UPSERT_BATCH):
-            batch = [Point(p.id, {VECTOR_NAME: self._vector(p.vector)}, p.payload)
-                     for p in points[start:start + UPSERT_BATCH]]
-            self._shard.update(UpdateOperation.upsert_points(batch))
+    @staticmethod
+    def _match_all() -> Filter:
+        return Filter()
 
-    def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[Hit]:
-        flt = edge_filter(where)
-        request = QueryRequest(limit=k, query=Query.Nearest(self._vector(vector), using=VECTOR_NAME),
-                               filter=flt, with_payload=True, params=SearchParams(exact=flt is not None))
-        return [Hit(str(p.id), float(p.score), p.payload) for p in self._shard.query(request)]
+    def _upsert_batch(self, batch: list[tuple[str, list[float], dict]]) -> None:
+        points = [Point(id_, {VECTOR_NAME: vector}, payload) for id_, vector, payload in batch]
+        self._shard.update(UpdateOperation.upsert_points(points))
 
-    def count(self, where: SearchFilter | None = None) -> int:
-        return self._count(edge_filter(where))
+    def _query(self, vector: list[float], k: int, flt: Filter | None, exact: bool) -> list:
+        return self._shard.query(QueryRequest(limit=k, query=Query.Nearest(vector, using=VECTOR_NAME), filter=flt,
+                                              with_payload=True, params=SearchParams(exact=exact)))
 
     def _count(self, flt: Filter | None) -> int:
         return self._shard.count(CountRequest(exact=True, filter=flt))
 
-    def collections(self) -> dict[str, int]:
-        limit = 1024
-        while True:
-            hits = self._shard.facet(FacetRequest("collection", limit=limit, exact=True)).hits
-            if len(hits) < limit:
-                # deleted values stay in the index with a count of zero
-                return {str(h.value): int(h.count) for h in hits if h.count > 0}
-            limit *= 4
+    def _facet(self, key: str, limit: int) -> list:
+        return self._shard.facet(FacetRequest(key, limit=limit, exact=True)).hits
 
-    def delete(self, where: SearchFilter | None = None, ids: Sequence[str] | None = None) -> int:
-        if where is None and ids is None:
-            raise ValueError("delete needs a filter or ids (SearchFilter() matches every point)")
-        flt = edge_filter(where, ids) or Filter()
-        n = self._count(flt)
-        if n:
-            self._shard.update(UpdateOperation.delete_points_by_filter(flt))
-        return n
+    def _delete(self, flt: Filter) -> None:
+        self._shard.update(UpdateOperation.delete_points_by_filter(flt))
 
-    def scroll(self, where: SearchFilter | None = None, with_vectors: bool = False,
-               batch: int = 512) -> Iterator[Hit]:
-        flt, offset = edge_filter(where), None
-        while True:
-            records, offset = self._shard.scroll(ScrollRequest(offset=offset, limit=batch, filter=flt,
-                                                               with_payload=True, with_vector=with_vectors))
-            for r in records:
-                yield self._hit(r, with_vectors)
-            if offset is None:
-                return
+    def _scroll_page(self, flt: Filter | None, offset, limit: int, with_vectors: bool) -> tuple[list, object]:
+        return self._shard.scroll(ScrollRequest(offset=offset, limit=limit, filter=flt,
+                                                with_payload=True, with_vector=with_vectors))
 
-    def retrieve(self, ids: Sequence[str]) -> list[Hit]:
-        """The points with these ids that exist, in the order asked, with their vectors."""
-        found = {str(r.id): self._hit(r, True)
-                 for r in self._shard.retrieve(list(ids), with_payload=True, with_vector=True)}
-        return [found[i] for i in map(str, ids) if i in found]
-
-    @staticmethod
-    def _hit(record, with_vector: bool) -> Hit:
-        vector = np.asarray(record.vector[VECTOR_NAME], dtype=np.float32) if with_vector else None
-        return Hit(str(record.id), 0.0, record.payload, vector)
+    def _retrieve(self, ids: list[str]) -> list:
+        return self._shard.retrieve(ids, with_payload=True, with_vector=True)
 
     def optimize(self) -> None:
         """Merge segments and build HNSW; blocks until done (minutes per 100k points)."""

@@ -7,26 +7,15 @@ in for a server in the tests, at small sizes only (filtered search over 100k poi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import httpx
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from gallery.base import (
-    PAYLOAD_INDEXES,
-    QDRANT_COLLECTION,
-    VECTOR_NAME,
-    Gallery,
-    GalleryError,
-    GalleryPoint,
-    Hit,
-    SearchFilter,
-    float_bounds,
-)
+from gallery.base import PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, SearchFilter, float_bounds
+from gallery.qdrant_base import QdrantGallery
 
-UPSERT_BATCH = 256
 RESCORE = models.QuantizationSearchParams(rescore=True, oversampling=2.0)
 
 _INDEX_SCHEMAS = {
@@ -87,7 +76,7 @@ class _Guarded:
         return call
 
 
-class ServerGallery(Gallery):
+class ServerGallery(QdrantGallery):
     """The gallery in collection `collection` of the Qdrant at `url` (or of a local-mode stand-in).
 
     Collection options (shards, replication, on-disk vectors, int8 quantization) apply when this creates
@@ -153,74 +142,43 @@ class ServerGallery(Gallery):
                 if field not in present:
                     self._client.create_payload_index(self.collection, field, _INDEX_SCHEMAS[kind], wait=True)
 
-    def _vector(self, vector: np.ndarray) -> list[float]:
-        v = np.asarray(vector, dtype=np.float32).ravel()
-        if v.shape[0] != self.dim:
-            raise GalleryError(f"a {v.shape[0]}-d vector for a gallery of {self.dim}-d embeddings")
-        return v.tolist()
-
     def _search_params(self, exact: bool) -> models.SearchParams | None:
         if self._local:
             return None  # always exact there, and it warns about parameters it ignores
         return models.SearchParams(exact=exact, quantization=RESCORE if self._quantized else None)
 
-    def upsert(self, points: Sequence[GalleryPoint]) -> None:
-        for start in range(0, len(points), UPSERT_BATCH):
-            batch = [models.PointStruct(id=p.id, vector={VECTOR_NAME: self._vector(p.vector)}, payload=p.payload)
-                     for p in points[start:start + UPSERT_BATCH]]
-            self._client.upsert(self.collection, points=batch, wait=True)
+    # the primitives QdrantGallery builds on
+    _native_filter = staticmethod(server_filter)
 
-    def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[Hit]:
-        flt = server_filter(where)
-        result = self._client.query_points(self.collection, query=self._vector(vector), using=VECTOR_NAME,
-                                           query_filter=flt, limit=k, with_payload=True,
-                                           search_params=self._search_params(exact=flt is not None))
-        return [Hit(str(p.id), float(p.score), p.payload) for p in result.points]
+    @staticmethod
+    def _match_all() -> models.Filter:
+        return models.Filter()
 
-    def count(self, where: SearchFilter | None = None) -> int:
-        return self._count(server_filter(where))
+    def _upsert_batch(self, batch: list[tuple[str, list[float], dict]]) -> None:
+        points = [models.PointStruct(id=id_, vector={VECTOR_NAME: vector}, payload=payload)
+                  for id_, vector, payload in batch]
+        self._client.upsert(self.collection, points=points, wait=True)
+
+    def _query(self, vector: list[float], k: int, flt: models.Filter | None, exact: bool) -> list:
+        return self._client.query_points(self.collection, query=vector, using=VECTOR_NAME, query_filter=flt,
+                                         limit=k, with_payload=True,
+                                         search_params=self._search_params(exact=exact)).points
 
     def _count(self, flt: models.Filter | None) -> int:
         return self._client.count(self.collection, count_filter=flt, exact=True).count
 
-    def collections(self) -> dict[str, int]:
-        limit = 1024
-        while True:
-            hits = self._client.facet(self.collection, key="collection", limit=limit, exact=True).hits
-            if len(hits) < limit:
-                return {str(h.value): int(h.count) for h in hits if h.count > 0}
-            limit *= 4
+    def _facet(self, key: str, limit: int) -> list:
+        return self._client.facet(self.collection, key=key, limit=limit, exact=True).hits
 
-    def delete(self, where: SearchFilter | None = None, ids: Sequence[str] | None = None) -> int:
-        if where is None and ids is None:
-            raise ValueError("delete needs a filter or ids (SearchFilter() matches every point)")
-        flt = server_filter(where, ids) or models.Filter()
-        n = self._count(flt)
-        if n:
-            self._client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
-        return n
+    def _delete(self, flt: models.Filter) -> None:
+        self._client.delete(self.collection, points_selector=models.FilterSelector(filter=flt), wait=True)
 
-    def scroll(self, where: SearchFilter | None = None, with_vectors: bool = False,
-               batch: int = 512) -> Iterator[Hit]:
-        flt, offset = server_filter(where), None
-        while True:
-            records, offset = self._client.scroll(self.collection, scroll_filter=flt, limit=batch, offset=offset,
-                                                  with_payload=True, with_vectors=with_vectors)
-            for r in records:
-                yield self._hit(r, with_vectors)
-            if offset is None:
-                return
+    def _scroll_page(self, flt: models.Filter | None, offset, limit: int, with_vectors: bool) -> tuple[list, object]:
+        return self._client.scroll(self.collection, scroll_filter=flt, limit=limit, offset=offset,
+                                   with_payload=True, with_vectors=with_vectors)
 
-    def retrieve(self, ids: Sequence[str]) -> list[Hit]:
-        """The points with these ids that exist, in the order asked, with their vectors."""
-        records = self._client.retrieve(self.collection, list(ids), with_payload=True, with_vectors=True)
-        found = {str(r.id): self._hit(r, True) for r in records}
-        return [found[i] for i in map(str, ids) if i in found]
-
-    @staticmethod
-    def _hit(record, with_vector: bool) -> Hit:
-        vector = np.asarray(record.vector[VECTOR_NAME], dtype=np.float32) if with_vector else None
-        return Hit(str(record.id), 0.0, record.payload, vector)
+    def _retrieve(self, ids: list[str]) -> list:
+        return self._client.retrieve(self.collection, ids, with_payload=True, with_vectors=True)
 
     def close(self) -> None:
         self._client.close()
