@@ -123,18 +123,13 @@ def train_heads(
     opt, sched = _optimiser(head, lr, weight_decay, steps)
     order = torch.Generator().manual_seed(seed)
 
+    def batch_loss(batch) -> torch.Tensor:
+        rows = data.train[batch]
+        return head.loss(data.x[rows].to(dev), data.targets(rows, dev))
+
     def epoch_fn() -> float:
-        head.train()
-        losses = []
-        for batch in torch.randperm(len(data.train), generator=order).split(batch_size):
-            rows = data.train[batch]
-            loss = head.loss(data.x[rows].to(dev), data.targets(rows, dev))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        return float(np.mean(losses))
+        batches = torch.randperm(len(data.train), generator=order).split(batch_size)
+        return _train_epoch(head, opt, sched, batches, batch_loss)
 
     def val_fn() -> float:
         return _eval_in_batches(lambda rows: head.loss(data.x[rows].to(dev), data.targets(rows, dev)), data.val)
@@ -192,22 +187,18 @@ def train_rrm(
     opt, sched = _optimiser(rrm, lr, weight_decay, steps)
     bank = MemoryBank(bank_size)
 
+    def batch_loss(pair) -> torch.Tensor:
+        qb, pb = pair
+        rows = data.train[torch.cat([qb, pb])]
+        emb = rrm(data.x[rows].to(dev))
+        cells = data.cells[rows].to(dev)
+        loss = info_nce(emb[: len(qb)], emb[len(qb) :], cells[: len(qb)], bank, tau)
+        bank.enqueue(emb, cells)  # detached copies: the loss keeps the bank it was computed against
+        return loss
+
     def epoch_fn() -> float:
-        rrm.train()
         q, p, _ = (torch.from_numpy(a) for a in sampler.epoch())
-        losses = []
-        for qb, pb in zip(q.split(batch_size), p.split(batch_size)):
-            rows = data.train[torch.cat([qb, pb])]
-            emb = rrm(data.x[rows].to(dev))
-            cells = data.cells[rows].to(dev)
-            loss = info_nce(emb[: len(qb)], emb[len(qb) :], cells[: len(qb)], bank, tau)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            bank.enqueue(emb, cells)
-            losses.append(loss.item())
-        return float(np.mean(losses))
+        return _train_epoch(rrm, opt, sched, zip(q.split(batch_size), p.split(batch_size)), batch_loss)
 
     reps, val_rows, val_targets = _prototype_split(data, seed)
 
@@ -318,6 +309,20 @@ class _Stopper:
             "train_loss": self.best_train,
             "val_loss": None if math.isinf(self.best_val) else self.best_val,
         }
+
+
+def _train_epoch(module: nn.Module, opt, sched, batches, batch_loss) -> float:
+    """One AdamW step (and scheduler step) per batch, in training mode; the mean of the batch losses."""
+    module.train()
+    losses = []
+    for batch in batches:
+        loss = batch_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
 
 
 def _fit(module, epoch_fn, val_fn, epochs, patience) -> _Stopper:
