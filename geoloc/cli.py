@@ -226,7 +226,8 @@ def cmd_eval(args) -> int:
 def cmd_prune(args) -> int:
     import time
 
-    from geoloc.jobs import InProcessRunner, JobContext, Jobs, open_job_store
+    from geoloc.job_store import open_job_store
+    from geoloc.jobs import InProcessRunner, JobContext, Jobs
 
     if not (args.unplaceable or args.box or args.radius):
         raise UserError("say what to prune: --unplaceable, --box S W N E and/or --radius LAT LON KM")

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from gallery.base import Gallery
 from geoloc.audit import AuditLog
 from geoloc.embedding import Embedder
-from geoloc.jobs import InProcessRunner, JobContext, Jobs, open_job_store
+from geoloc.job_store import open_job_store
+from geoloc.jobs import InProcessRunner, JobContext, Jobs
 from geoloc.keys import KeyStore
 from geoloc.settings import Settings
 from search_api.registry import CollectionRegistry

@@ -12,7 +12,7 @@ import pytest
 
 from gallery.base import GalleryError, SearchFilter
 from gallery.edge import EdgeGallery
-from geoloc import jobs
+from geoloc import job_store, jobs
 from geoloc.cells import leaf_int64
 from geoloc.settings import Settings
 from ingest.records import ORIGINAL
@@ -24,26 +24,26 @@ from tests.test_api import TinyEmbedder
 @pytest.fixture(params=["file", "redis"])
 def store(request, tmp_path):
     if request.param == "file":
-        yield jobs.FileJobStore(tmp_path / "jobs")
+        yield job_store.FileJobStore(tmp_path / "jobs")
         return
     import redis
 
     client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
-    yield jobs.RedisJobStore(client)
+    yield job_store.RedisJobStore(client)
     client.close()
 
 
 def test_progress_counts_each_batch_once(store):
-    pre = jobs.Outcome()
+    pre = job_store.Outcome()
     pre.skip("dup.jpg", "duplicate_photo")
     job_id = store.create("upload", "news", total=5, batches=2, owner="k1", pre=pre)
     assert store.get(job_id)["state"] == "queued"
     store.mark_started(job_id)
-    assert store.finish(job_id, 1, jobs.Outcome(done=2))
-    assert not store.finish(job_id, 1, jobs.Outcome(done=2))  # a redelivered batch
+    assert store.finish(job_id, 1, job_store.Outcome(done=2))
+    assert not store.finish(job_id, 1, job_store.Outcome(done=2))  # a redelivered batch
     job = store.get(job_id)
     assert (job["state"], job["done"], job["skipped"], job["batches_done"]) == ("running", 2, 1, 1)
-    second = jobs.Outcome(done=1)
+    second = job_store.Outcome(done=1)
     second.skip("b.jpg", "no_gps")
     store.finish(job_id, 2, second)
     job = store.get(job_id)
@@ -61,9 +61,9 @@ def test_a_batch_given_up_fails_the_job_with_its_reason(store):
 
 
 def test_unfinished_in_process_jobs_fail_at_restart(tmp_path):
-    store = jobs.FileJobStore(tmp_path)
+    store = job_store.FileJobStore(tmp_path)
     job_id = store.create("upload", "news", total=4, batches=2, owner="k1")
-    store.finish(job_id, 1, jobs.Outcome(done=2))
+    store.finish(job_id, 1, job_store.Outcome(done=2))
     assert store.interrupt_unfinished("the server stopped") == 1
     job = store.get(job_id)
     assert (job["state"], job["done"], job["error"]) == ("failed", 2, "the server stopped")
@@ -74,7 +74,7 @@ def test_unfinished_in_process_jobs_fail_at_restart(tmp_path):
 def ctx(tmp_path):
     settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, bundle=None, batch_size=4)
     gallery = EdgeGallery(tmp_path / "gallery", TinyEmbedder.dim)
-    yield jobs.JobContext(settings, TinyEmbedder(), gallery, jobs.FileJobStore(tmp_path / "jobs"))
+    yield jobs.JobContext(settings, TinyEmbedder(), gallery, job_store.FileJobStore(tmp_path / "jobs"))
     gallery.close()
 
 
@@ -186,7 +186,7 @@ def _task(retries):
 def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch):
     from workers import tasks
 
-    store = jobs.FileJobStore(tmp_path)
+    store = job_store.FileJobStore(tmp_path)
     job_id = store.create("upload", "news", 2, 1, "k1")
     monkeypatch.setattr(tasks, "context", lambda: (_ for _ in ()).throw(GalleryError("Qdrant is down")))
     monkeypatch.setattr(tasks, "_store", lambda: store)

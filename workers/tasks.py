@@ -15,7 +15,7 @@ from celery.signals import worker_process_init
 from celery.utils.log import current_process_index
 
 from gallery.base import Gallery, GalleryError
-from geoloc import jobs
+from geoloc import job_store, jobs
 from geoloc.embedding import Embedder
 from geoloc.settings import Settings
 from workers.app import app, margin_s
@@ -53,7 +53,7 @@ def _embedder() -> Embedder:
 
 @functools.cache
 def _store():
-    return jobs.open_job_store(_settings())
+    return job_store.open_job_store(_settings())
 
 
 @functools.cache

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from gallery.base import SearchFilter
-from geoloc.jobs import Outcome, check_import_path
+from geoloc.job_store import Outcome
+from geoloc.jobs import check_import_path
 from ingest.exif_gps import GpsError, validate_coordinates
 from ingest.records import ORIGINAL, point_id
 from search_api.auth import Admin, Caller, Svc

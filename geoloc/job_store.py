@@ -1,0 +1,211 @@
+"""Job records: what each batch of a job did, summed into the job the API shows, in files or in Redis.
+
+A batch's outcome is written once, the first time it finishes, and a job's progress is the sum of its
+batches' outcomes: a task redelivered after a killed worker, or retried, can redo its gallery writes but
+never counts twice. `geoloc serve` without a broker keeps jobs as JSON files; with one, in Redis.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from geoloc.settings import Settings
+
+MAX_LISTED_ITEMS = 200  # skipped or failed photos a job lists by name (all are counted)
+JOB_TTL_S = 30 * 24 * 3600  # how long a broker-side job record is kept
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Outcome:
+    """What one batch did. done: photos handled (indexed, examined, re-embedded); removed: deleted."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    removed: int = 0
+    reasons: dict = field(default_factory=dict)  # reason -> photos skipped or failed for it
+    items: list = field(default_factory=list)  # {"source", "reason"} of skipped or failed photos
+    error: str | None = None
+    at: str = field(default_factory=_now)
+
+    def skip(self, source: str, reason: str) -> None:
+        self.skipped += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.items.append({"source": source, "reason": reason})
+
+
+def summarise(meta: dict, started: str | None, outcomes: dict[str, dict]) -> dict:
+    """A job as the API shows it: its metadata plus the sum of its batches' outcomes.
+
+    Batch "0" is what the API itself decided before queueing (duplicates, files too large); batches
+    1..n are tasks. The job is finished when every task batch has an outcome.
+    """
+    totals = Counter()
+    reasons: Counter = Counter()
+    items: list = []
+    errors = []
+    for key in sorted(outcomes, key=int):
+        outcome = outcomes[key]
+        totals.update({k: outcome[k] for k in ("done", "skipped", "failed", "removed")})
+        reasons.update(outcome["reasons"])
+        items.extend(outcome["items"][: MAX_LISTED_ITEMS - len(items)])
+        if outcome.get("error"):
+            errors.append(outcome["error"])
+    batches_done = sum(1 for key in outcomes if key != "0")
+    finished = batches_done >= meta["batches"]
+    if finished:
+        state = "failed" if errors or totals["failed"] else "succeeded"
+    else:
+        state = "running" if started or batches_done else "queued"
+    return {**meta, "state": state, "started": started,
+            "finished": max((o["at"] for o in outcomes.values()), default=meta["created"]) if finished else None,
+            "done": totals["done"], "skipped": totals["skipped"], "failed": totals["failed"],
+            "removed": totals["removed"], "reasons": dict(reasons), "items": items,
+            "error": errors[0] if errors else None, "batches_done": batches_done}
+
+
+class JobStore(Protocol):
+    def create(self, kind: str, collection: str, total: int, batches: int, owner: str,
+               pre: Outcome | None = None) -> str: ...
+
+    def get(self, job_id: str) -> dict | None: ...
+
+    def mark_started(self, job_id: str) -> None: ...
+
+    def finish(self, job_id: str, batch: int, outcome: Outcome) -> bool:
+        """Record a batch's outcome unless one is recorded already; True if this call recorded it."""
+
+
+def _meta(kind: str, collection: str, total: int, batches: int, owner: str) -> dict:
+    return {"id": str(uuid.uuid4()), "kind": kind, "collection": collection, "total": total,
+            "batches": batches, "owner": owner, "created": _now()}
+
+
+class FileJobStore:
+    """Jobs as JSON files under the data home: the store of `geoloc serve` without a broker."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self):
+        with open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _path(self, job_id: str) -> Path:
+        return self.directory / f"{uuid.UUID(job_id)}.json"  # a job id is a UUID, never a path
+
+    def _load(self, job_id: str) -> dict | None:
+        try:
+            return json.loads(self._path(job_id).read_text())
+        except (ValueError, FileNotFoundError):
+            return None
+
+    def _save(self, record: dict) -> None:
+        path = self._path(record["meta"]["id"])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    def create(self, kind, collection, total, batches, owner, pre=None) -> str:
+        meta = _meta(kind, collection, total, batches, owner)
+        with self._locked():
+            self._save({"meta": meta, "started": None, "outcomes": {"0": asdict(pre)} if pre else {}})
+        return meta["id"]
+
+    def get(self, job_id):
+        record = self._load(job_id)
+        return None if record is None else summarise(record["meta"], record["started"], record["outcomes"])
+
+    def mark_started(self, job_id):
+        with self._locked():
+            record = self._load(job_id)
+            if record is not None and not record["started"]:
+                record["started"] = _now()
+                self._save(record)
+
+    def finish(self, job_id, batch, outcome) -> bool:
+        with self._locked():
+            record = self._load(job_id)
+            if record is None or str(batch) in record["outcomes"]:
+                return False
+            record["outcomes"][str(batch)] = asdict(outcome)
+            self._save(record)
+            return True
+
+    def interrupt_unfinished(self, reason: str) -> int:
+        """Fail every job left unfinished by a stopped server: its thread, and its queue, are gone."""
+        count = 0
+        with self._locked():
+            for path in self.directory.glob("*.json"):
+                record = json.loads(path.read_text())
+                meta, outcomes = record["meta"], record["outcomes"]
+                missing = [b for b in range(1, meta["batches"] + 1) if str(b) not in outcomes]
+                for b in missing:
+                    outcomes[str(b)] = asdict(Outcome(error=reason))
+                if missing:
+                    self._save(record)
+                    count += 1
+        return count
+
+
+class RedisJobStore:
+    """Jobs in Redis (the broker), where workers on any machine record progress. The client must
+    decode responses."""
+
+    def __init__(self, client):
+        self.redis = client
+
+    @staticmethod
+    def _keys(job_id: str) -> tuple[str, str]:
+        return f"geoloc:job:{job_id}", f"geoloc:job:{job_id}:batches"
+
+    def create(self, kind, collection, total, batches, owner, pre=None) -> str:
+        meta = _meta(kind, collection, total, batches, owner)
+        job_key, batches_key = self._keys(meta["id"])
+        with self.redis.pipeline() as pipe:
+            pipe.hset(job_key, "meta", json.dumps(meta)).expire(job_key, JOB_TTL_S)
+            if pre is not None:
+                pipe.hset(batches_key, "0", json.dumps(asdict(pre))).expire(batches_key, JOB_TTL_S)
+            pipe.execute()
+        return meta["id"]
+
+    def get(self, job_id):
+        job_key, batches_key = self._keys(job_id)
+        with self.redis.pipeline() as pipe:
+            record, outcomes = pipe.hgetall(job_key).hgetall(batches_key).execute()
+        if not record:
+            return None
+        return summarise(json.loads(record["meta"]), record.get("started"),
+                         {k: json.loads(v) for k, v in outcomes.items()})
+
+    def mark_started(self, job_id):
+        self.redis.hsetnx(self._keys(job_id)[0], "started", _now())
+
+    def finish(self, job_id, batch, outcome) -> bool:
+        _, batches_key = self._keys(job_id)
+        recorded = bool(self.redis.hsetnx(batches_key, str(batch), json.dumps(asdict(outcome))))
+        self.redis.expire(batches_key, JOB_TTL_S)
+        return recorded
+
+
+def open_job_store(settings: Settings):
+    if settings.broker_url:
+        import redis
+
+        return RedisJobStore(redis.Redis.from_url(settings.broker_url, decode_responses=True))
+    return FileJobStore(settings.jobs_dir)
