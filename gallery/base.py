@@ -32,13 +32,15 @@ class GalleryError(RuntimeError):
 
 
 def make_payload(collection: str, lat: float, lon: float, source: str, model_id: str, sha256: str,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, bundle_id: str | None = None) -> dict:
+    """`model` names what made the vector (the gallery refuses others); `bundle` the model bundle, if any."""
     return {
         "collection": collection,
         "s2": leaf_int64(lat, lon),
         "location": {"lat": float(lat), "lon": float(lon)},
         "source": source,
         "model": model_id,
+        "bundle": bundle_id,
         "sha256": sha256,
         "extra": dict(extra or {}),
     }

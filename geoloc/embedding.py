@@ -43,6 +43,10 @@ class Embedder:
         return self.bundle.model_id if self.bundle else self.backbone.model_id
 
     @property
+    def bundle_id(self) -> str | None:
+        return self.bundle.bundle_id if self.bundle else None
+
+    @property
     def dim(self) -> int:
         return self.backbone.dim
 

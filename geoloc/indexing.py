@@ -71,7 +71,7 @@ def index_records(records: Iterable[PhotoRecord | Skipped], collection: str, gal
         vectors = embedder.vectors(embedder.features([r.image for r in batch]))
         points = [GalleryPoint(point_id(collection, r.sha256), v,
                                make_payload(collection, r.lat, r.lon, r.source, embedder.model_id,
-                                            r.sha256, r.extra))
+                                            r.sha256, r.extra, embedder.bundle_id))
                   for r, v in zip(batch, vectors)]
         gallery.upsert(points)
         report.indexed += len(points)

@@ -111,8 +111,8 @@ def reembed_batch(ctx: JobContext, job_id: str, batch: int, collection: str, ids
     hits, features = _embeddable(ctx, ctx.gallery.retrieve(ids), outcome)
     if hits:
         vectors = ctx.embedder.vectors(features)
-        model = ctx.embedder.model_id
-        ctx.gallery.upsert([GalleryPoint(h.id, v, {**h.payload, "model": model}) for h, v in zip(hits, vectors)])
+        made_by = {"model": ctx.embedder.model_id, "bundle": ctx.embedder.bundle_id}
+        ctx.gallery.upsert([GalleryPoint(h.id, v, {**h.payload, **made_by}) for h, v in zip(hits, vectors)])
         outcome.done = len(hits)
     ctx.jobs.finish(job_id, batch, outcome)
 

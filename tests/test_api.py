@@ -1,5 +1,5 @@
 """The HTTP API in-process (no broker: jobs run on the server's own thread) over a real Edge gallery and
-real photos, with a tiny colour-layout embedder standing in for the backbone so the tests stay fast.
+real photos, embedded by the real backbone.
 
 Covers every endpoint, the error contract (JSON, never a 500 for bad input), the limits, and above all
 that a reader key never receives anything of a collection it was not granted.
@@ -19,7 +19,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gallery.base import SearchFilter
-from geoloc.embedding import l2_normalise
 from geoloc.settings import Settings
 from ingest.records import point_id, sha256_hex
 from models.partition import adaptive_hierarchy
@@ -27,21 +26,6 @@ from search_api.app import create_app
 from search_api.services import build_services
 from tests.photos import gps_block, photo_bytes
 from tests.services import DATA, free_port, manifest_rows
-
-
-class TinyEmbedder:
-    """8x8 colour layout: deterministic, instant, and enough to tell real photos apart."""
-
-    bundle = None
-    model_id = "tiny-8x8-rgb"
-    dim = 192
-
-    def features(self, images):
-        return np.stack([np.asarray(im.convert("RGB").resize((8, 8)), np.float32).ravel() / 255
-                         for im in images])
-
-    def vectors(self, features):
-        return l2_normalise(features)
 
 
 MAX_PHOTO_BYTES = 128 << 10
@@ -58,13 +42,13 @@ def photos():
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, photos):
+def api(tmp_path_factory, photos, embedder):
     home = tmp_path_factory.mktemp("home")
     imports = tmp_path_factory.mktemp("imports")
     settings = Settings(home=home, broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None,
                         import_roots=[imports.resolve()], require_keys=True, job_batch=4,
                         max_photo_bytes=MAX_PHOTO_BYTES, max_pixels=4_000_000, max_batch_photos=MAX_BATCH)
-    services = build_services(settings, TinyEmbedder())
+    services = build_services(settings, embedder)
     _, admin = services.keys.create("admin", name="tests")
     reader_key, reader = services.keys.create("reader", ["news"], name="news desk")
     with TestClient(create_app(services=services)) as client:
@@ -200,7 +184,7 @@ def test_locate_answers_with_evidence_and_is_audited(api, photos):
     answer = response.json()
     top = answer["neighbours"][0]
     assert top["id"] == point_id("news", query["sha256"]) and top["similarity"] == pytest.approx(1.0)
-    assert answer["collections"] == ["news"] and answer["model"] == TinyEmbedder.model_id
+    assert answer["collections"] == ["news"] and answer["model"] == api["services"].embedder.model_id
     assert top["photo_url"] == f"/v1/collections/news/images/{top['id']}/photo"
     entry = json.loads((api["home"] / "audit.jsonl").read_text().splitlines()[-1])
     assert entry["key"] == api["reader_id"] and entry["endpoint"] == "locate"
@@ -360,10 +344,10 @@ def test_import_reembed_prune_and_delete(api, photos):
     assert "imported" not in names
 
 
-def test_an_unreachable_queue_is_a_503_not_a_500(tmp_path, photos):
+def test_an_unreachable_queue_is_a_503_not_a_500(tmp_path, photos, embedder):
     settings = Settings(home=tmp_path, broker_url=f"redis://127.0.0.1:{free_port()}/0", qdrant_url=None,
                         bundle=None, require_keys=False)
-    services = build_services(settings, TinyEmbedder())
+    services = build_services(settings, embedder)
     with TestClient(create_app(services=services)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["gallery"] == "ok"
@@ -385,7 +369,8 @@ def test_locate_searches_within_the_predicted_cells_with_a_bundle(api, photos, m
         return np.log(probs)
 
     monkeypatch.setattr(api["services"].embedder, "bundle",
-                        SimpleNamespace(hierarchy=hierarchy, cell_log_probs=cell_log_probs))
+                        SimpleNamespace(hierarchy=hierarchy, cell_log_probs=cell_log_probs, bundle_id=None,
+                                        model_id=api["services"].embedder.model_id, embed=lambda f: f))
     for top_cells, allowed in ((1, {0}), (2, {0, 1})):
         response = api["client"].post("/v1/locate", files=_photo(photos["secret"][0]), headers=api["reader"],
                                       data={"k": "10", "top_cells": str(top_cells)})

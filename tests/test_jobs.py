@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,11 +15,12 @@ from gallery.base import GalleryError, SearchFilter
 from gallery.edge import EdgeGallery
 from geoloc import job_store, jobs
 from geoloc.cells import leaf_int64
+from geoloc.embedding import Embedder
 from geoloc.settings import Settings
 from ingest.records import ORIGINAL
 from ingest.sources import SourceError
+from models.backbone import Backbone
 from tests.photos import photo_bytes
-from tests.test_api import TinyEmbedder
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -71,10 +73,10 @@ def test_unfinished_in_process_jobs_fail_at_restart(tmp_path):
 
 
 @pytest.fixture
-def ctx(tmp_path):
+def ctx(tmp_path, embedder):
     settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, bundle=None, batch_size=4)
-    gallery = EdgeGallery(tmp_path / "gallery", TinyEmbedder.dim)
-    yield jobs.JobContext(settings, TinyEmbedder(), gallery, job_store.FileJobStore(tmp_path / "jobs"))
+    gallery = EdgeGallery(tmp_path / "gallery", embedder.dim)
+    yield jobs.JobContext(settings, embedder, gallery, job_store.FileJobStore(tmp_path / "jobs"))
     gallery.close()
 
 
@@ -104,12 +106,14 @@ def test_reembed_rewrites_vectors_from_originals(ctx, tmp_path):
     jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 3, 1, "k1"), 1, "news", items)
     ids = [h.id for h in ctx.gallery.scroll()]
     os.remove(items[0]["path"])
-    ctx.embedder.model_id = "tiny-v2"
+    first_model = ctx.embedder.model_id
+    ctx = replace(ctx, embedder=Embedder(Backbone(pretrained="none")))  # another model: random weights
     job_id = ctx.jobs.create("reembed", "news", 3, 1, "k1")
     jobs.reembed_batch(ctx, job_id, 1, "news", ids)
     job = ctx.jobs.get(job_id)
     assert (job["done"], job["skipped"], job["reasons"]) == (2, 1, {"missing_file": 1})
-    assert sorted(h.payload["model"] for h in ctx.gallery.scroll()) == ["tiny-8x8-rgb", "tiny-v2", "tiny-v2"]
+    second_model = ctx.embedder.model_id
+    assert sorted(h.payload["model"] for h in ctx.gallery.scroll()) == sorted([first_model] + [second_model] * 2)
 
 
 class _Partition:
@@ -130,7 +134,7 @@ def test_prune_unplaceable_removes_photos_the_classifier_puts_elsewhere(ctx, tmp
     # a classifier that puts every photo in cell 0: the two in cell 1 are unplaceable
     bundle = SimpleNamespace(hierarchy=SimpleNamespace(fine=_Partition(boundary)),
                              cell_log_probs=lambda f: np.log(np.tile([0.9, 0.1], (len(f), 1))))
-    ctx.embedder.bundle = bundle
+    ctx = replace(ctx, embedder=Embedder(ctx.embedder.backbone, bundle))
     job_id = ctx.jobs.create("prune", "news", 4, 1, "k1")
     jobs.prune_unplaceable(ctx, job_id, 1, "news", [h.id for h in ctx.gallery.scroll()])
     job = ctx.jobs.get(job_id)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import s2sphere
 
+from gallery.edge import EdgeGallery
 from geoloc.evaluation import densest_location, errors_km
 from geoloc.geodesy import haversine_km
+from models.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared/data/im2gps3k-dev/manifest.csv"
@@ -116,6 +118,15 @@ def test_swc_answers_from_inside_the_predicted_cell(swc, split):
             assert cell.contains(s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(n["lat"], n["lon"])))
         if not answer["neighbours"]:  # an empty cell answers its centre
             assert (answer["lat"], answer["lon"]) == (answer["cell"]["lat"], answer["cell"]["lon"])
+
+
+def test_a_gallery_indexed_with_a_bundle_records_it(swc, split):
+    home, bundle = swc
+    loaded = load_bundle(bundle)
+    with EdgeGallery(home / "gallery") as gallery:
+        payloads = [hit.payload for hit in gallery.scroll()]
+    assert len(payloads) == len(read(split / "gallery.csv"))
+    assert all(p["bundle"] == loaded.bundle_id and p["model"] == loaded.model_id for p in payloads)
 
 
 def test_a_gallery_of_another_model_is_refused(swc, indexed, split):
