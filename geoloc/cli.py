@@ -101,6 +101,7 @@ def _query_batches(names: list[str], batch_size: int):
 def cmd_locate(args) -> int:
     from geoloc.evaluation import accuracy, errors_km
     from geoloc.locate import Locator
+    from ingest.sources import count_items
 
     settings = _settings(args)
     embedder = _embedder(settings)
@@ -109,7 +110,10 @@ def cmd_locate(args) -> int:
         locator = Locator(embedder, gallery, k=args.k, aggregator=args.aggregator,
                           collections=args.collections, top_cells=args.top_cells, head=args.head)
         locator.check_ready()
+        total = sum(count_items(Path(n)) if n.lower().endswith(".csv") else 1 for n in args.images)
+        bar = tqdm(total=total, unit="photo", desc="locating", disable=total < 2 * settings.batch_size)
         for batch in _query_batches(args.images, settings.batch_size):
+            bar.update(len(batch))
             for name, _, _, error in batch:
                 if error:
                     print(f"geoloc: error: {name}: cannot use this photo ({error})", file=sys.stderr)
@@ -124,6 +128,7 @@ def cmd_locate(args) -> int:
                 results.append(result)
                 if not args.json:
                     _print_answer(name, answer, result.get("error_km"))
+        bar.close()
     summary = accuracy(errors) if errors else None
     if args.json:
         print(json.dumps({"answers": results, "accuracy": summary}, indent=2))
