@@ -23,13 +23,11 @@ class UserError(Exception):
 
 
 def _settings(args) -> Settings:
+    """Settings from the environment, overridden by the model options given on the command line."""
     settings = Settings()
-    if getattr(args, "bundle", None):
-        settings.bundle = args.bundle
-    if getattr(args, "device", None):
-        settings.device = args.device
-    if getattr(args, "batch_size", None):
-        settings.batch_size = args.batch_size
+    for option in ("bundle", "backbone", "checkpoint", "device", "batch_size"):
+        if getattr(args, option, None):
+            setattr(settings, option, getattr(args, option))
     return settings
 
 
@@ -335,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_options(p):
         p.add_argument("--bundle", help="model bundle directory (classifier + RRM); default: retrieval only")
+        p.add_argument("--backbone", help="timm model name (default tf_efficientnet_lite0, or GEOLOC_BACKBONE)")
+        p.add_argument("--checkpoint", help="local weights for the backbone (.safetensors or a torch state dict)")
         p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
         p.add_argument("--batch-size", type=int, help="photos per backbone batch")
 
