@@ -12,10 +12,13 @@ TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
 VPY=.venv/bin/python
 stamp=.venv/.geoloc-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import geoloc, torch, torchvision, timm" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/geoloc ]; then
     exit 0
 fi
-"$VPY" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VPY" -c "import torch, torchvision" 2>/dev/null || "$VPY" -m pip install -q $TORCH_PIN
-"$VPY" -m pip install -q -e ".[test]"
+pip_install() {  # quiet, without the notes some pip configurations print for every missing local index
+    "$VPY" -m pip install -qq --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+}
+pip_install --upgrade pip
+"$VPY" -c "import torch, torchvision" 2>/dev/null || pip_install $TORCH_PIN
+pip_install -e ".[test]"
 echo "$want" > "$stamp"
