@@ -11,7 +11,7 @@ import io
 import json
 import shutil
 import time
-from types import SimpleNamespace
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -19,11 +19,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gallery.base import SearchFilter
+from geoloc.embedding import Embedder
 from geoloc.settings import Settings
 from ingest.records import point_id, sha256_hex
 from models.partition import adaptive_hierarchy
 from search_api.app import create_app
 from search_api.services import build_services
+from tests.bundles import cell_probabilities, constructed_bundle
 from tests.photos import gps_block, photo_bytes
 from tests.services import DATA, free_port, manifest_rows
 
@@ -41,26 +43,50 @@ def photos():
     return {"news": rows[:6], "secret": rows[6:12], "spare": rows[12:]}
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, photos, embedder):
-    home = tmp_path_factory.mktemp("home")
-    imports = tmp_path_factory.mktemp("imports")
+@contextmanager
+def _serving(home, imports, photos, embedder):
+    """The API in-process on its own data home, with `embedder` as its model and the news and secret
+    photos uploaded through it; a reader key is granted news only."""
     settings = Settings(home=home, broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None,
                         import_roots=[imports.resolve()], require_keys=True, job_batch=4,
                         max_photo_bytes=MAX_PHOTO_BYTES, max_pixels=4_000_000, max_batch_photos=MAX_BATCH)
     services = build_services(settings, embedder)
-    _, admin = services.keys.create("admin", name="tests")
-    reader_key, reader = services.keys.create("reader", ["news"], name="news desk")
-    with TestClient(create_app(services=services)) as client:
-        state = {"client": client, "services": services, "home": home, "imports": imports,
-                 "admin": {"Authorization": f"Bearer {admin}"}, "reader": {"Authorization": f"Bearer {reader}"},
-                 "reader_id": reader_key.id, "jobs": {}}
-        for name in ("news", "secret"):
-            assert client.post("/v1/collections", json={"name": name}, headers=state["admin"]).status_code == 201
-            job_id = _upload(state, name, photos[name]).json()["job"]["id"]
-            state["jobs"][name] = _follow(state, job_id)
+    try:
+        _, admin = services.keys.create("admin", name="tests")
+        reader_key, reader = services.keys.create("reader", ["news"], name="news desk")
+        with TestClient(create_app(services=services)) as client:
+            state = {"client": client, "services": services, "home": home, "imports": imports,
+                     "admin": {"Authorization": f"Bearer {admin}"}, "reader": {"Authorization": f"Bearer {reader}"},
+                     "reader_id": reader_key.id, "jobs": {}}
+            for name in ("news", "secret"):
+                assert client.post("/v1/collections", json={"name": name}, headers=state["admin"]).status_code == 201
+                job_id = _upload(state, name, photos[name]).json()["job"]["id"]
+                state["jobs"][name] = _follow(state, job_id)
+            yield state
+    finally:
+        services.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, photos, embedder):
+    with _serving(tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("imports"), photos, embedder) as state:
         yield state
-    services.close()
+
+
+@pytest.fixture(scope="module")
+def swc_api(tmp_path_factory, photos, embedder):
+    """A second API whose model is a real bundle over a hierarchy of the news photos, with a classifier
+    built to be sure of fine cell 0 (0.7), then cell 1, then 0.02 for each other cell, whatever the photo;
+    its gallery is indexed with that bundle (RRM vectors, the bundle's model id) by its own uploads."""
+    news = photos["news"]
+    lat, lon = (np.array([float(r[c]) for r in news]) for c in ("lat", "lon"))
+    hierarchy = adaptive_hierarchy(lat, lon, (2, 3, 4))
+    n_fine = len(hierarchy.fine)
+    probs = cell_probabilities(n_fine, {0: 0.7, 1: 0.3 - 0.02 * (n_fine - 2)})
+    bundle = constructed_bundle(tmp_path_factory.mktemp("bundle") / "swc", embedder.backbone, hierarchy, probs)
+    with _serving(tmp_path_factory.mktemp("swc-home"), tmp_path_factory.mktemp("swc-imports"), photos,
+                  Embedder(embedder.backbone, bundle)) as state:
+        yield {**state, "bundle": bundle}
 
 
 def _files(rows):
@@ -357,26 +383,21 @@ def test_an_unreachable_queue_is_a_503_not_a_500(tmp_path, photos, embedder):
         assert error["code"] == "queue_unavailable" and "GEOLOC_BROKER_URL" in error["message"]
 
 
-def test_locate_searches_within_the_predicted_cells_with_a_bundle(api, photos, monkeypatch):
-    news = photos["news"]
-    lat, lon = (np.array([float(r[c]) for r in news]) for c in ("lat", "lon"))
-    hierarchy = adaptive_hierarchy(lat, lon, (2, 3, 4))
-    fine = hierarchy.fine
-
-    def cell_log_probs(features, head=None):  # a classifier sure of cell 0, then cell 1
-        probs = np.full((len(features), len(fine)), 0.02)
-        probs[:, 0], probs[:, 1] = 0.7, 0.3 - 0.02 * (len(fine) - 2)
-        return np.log(probs)
-
-    monkeypatch.setattr(api["services"].embedder, "bundle",
-                        SimpleNamespace(hierarchy=hierarchy, cell_log_probs=cell_log_probs, bundle_id=None,
-                                        model_id=api["services"].embedder.model_id, embed=lambda f: f))
+def test_locate_searches_within_the_predicted_cells_with_a_bundle(swc_api, photos):
+    bundle = swc_api["bundle"]
+    fine = bundle.hierarchy.fine
+    for name in ("news", "secret"):
+        job = swc_api["jobs"][name]
+        assert (job["state"], job["done"], job["skipped"]) == ("succeeded", 6, 0)
+    stored = list(swc_api["services"].gallery().scroll())
+    assert len(stored) == 12
+    assert {(h.payload["model"], h.payload["bundle"]) for h in stored} == {(bundle.model_id, bundle.bundle_id)}
     for top_cells, allowed in ((1, {0}), (2, {0, 1})):
-        response = api["client"].post("/v1/locate", files=_photo(photos["secret"][0]), headers=api["reader"],
-                                      data={"k": "10", "top_cells": str(top_cells)})
+        response = swc_api["client"].post("/v1/locate", files=_photo(photos["secret"][0]), headers=swc_api["reader"],
+                                          data={"k": "10", "top_cells": str(top_cells)})
         assert response.status_code == 200, response.text
         answer = response.json()
-        assert answer["method"] == "swc-cluster"
+        assert answer["method"] == "swc-cluster" and answer["model"] == bundle.model_id
         assert answer["cell"]["token"] == fine.tokens[0] and answer["cell"]["probability"] == pytest.approx(0.7)
         assert [c["token"] for c in answer["candidates"]][:2] == fine.tokens[:2]
         assert 0 <= answer["confidence"] <= 1

@@ -20,6 +20,8 @@ from geoloc.settings import Settings
 from ingest.records import ORIGINAL
 from ingest.sources import SourceError
 from models.backbone import Backbone
+from models.partition import adaptive_hierarchy
+from tests.bundles import cell_probabilities, constructed_bundle
 from tests.photos import photo_bytes
 
 
@@ -116,30 +118,25 @@ def test_reembed_rewrites_vectors_from_originals(ctx, tmp_path):
     assert sorted(h.payload["model"] for h in ctx.gallery.scroll()) == sorted([first_model] + [second_model] * 2)
 
 
-class _Partition:
-    """Two cells: the western and the eastern hemisphere (by leaf id order, split at one boundary)."""
-
-    def __init__(self, boundary):
-        self.boundary = boundary
-
-    def assign_leaves(self, leaves):
-        return (np.asarray(leaves) >= self.boundary).astype(int)
-
-
 def test_prune_unplaceable_removes_photos_the_classifier_puts_elsewhere(ctx, tmp_path):
     items = _items(tmp_path, 4)
-    jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 4, 1, "k1"), 1, "news", items)
-    leaves = sorted(h.payload["s2"] for h in ctx.gallery.scroll())
-    boundary = leaves[2]  # two photos in cell 0, two in cell 1
-    # a classifier that puts every photo in cell 0: the two in cell 1 are unplaceable
-    bundle = SimpleNamespace(hierarchy=SimpleNamespace(fine=_Partition(boundary)),
-                             cell_log_probs=lambda f: np.log(np.tile([0.9, 0.1], (len(f), 1))))
+    lat, lon = (np.array([i[c] for i in items], dtype=float) for c in ("lat", "lon"))
+    hierarchy = adaptive_hierarchy(lat, lon, (1, 2, 3))
+    cells = hierarchy.fine.assign(lat, lon)
+    home = cells[0]
+    placeable = {i["source"] for i, cell in zip(items, cells) if cell == home}
+    assert cells.min() >= 0 and len(placeable) == 2  # the first cell holds two photos, the other two one each
+    # a classifier that puts every photo in the first photo's cell: the photos of the other cells are unplaceable
+    probs = cell_probabilities(len(hierarchy.fine), {int(home): 0.9})
+    bundle = constructed_bundle(tmp_path / "bundle", ctx.embedder.backbone, hierarchy, probs)
     ctx = replace(ctx, embedder=Embedder(ctx.embedder.backbone, bundle))
+    jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 4, 1, "k1"), 1, "news", items)
+    assert {h.payload["model"] for h in ctx.gallery.scroll()} == {bundle.model_id}
     job_id = ctx.jobs.create("prune", "news", 4, 1, "k1")
     jobs.prune_unplaceable(ctx, job_id, 1, "news", [h.id for h in ctx.gallery.scroll()])
     job = ctx.jobs.get(job_id)
     assert (job["done"], job["removed"]) == (4, 2)
-    assert sorted(h.payload["s2"] for h in ctx.gallery.scroll()) == leaves[:2]
+    assert {h.payload["source"] for h in ctx.gallery.scroll()} == placeable
 
 
 def test_prune_region_and_the_planner(ctx, tmp_path):
