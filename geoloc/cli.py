@@ -145,7 +145,7 @@ def _print_answer(name: str, answer, error_km: float | None = None) -> None:
         print(f"  cell {answer.cell['token']} p={answer.cell['probability']:.2f}  "
               f"confidence {answer.confidence:.2f}")
     for n in answer.neighbours[:5]:
-        print(f"  {n.similarity:6.3f}  {n.km:8.1f} km  {n.collection}/{n.source}")
+        print(f"  {n.similarity:6.3f}  {n.km:8.1f} km  [{n.collection}] {n.source}")
 
 
 def cmd_collections(args) -> int:
