@@ -90,21 +90,12 @@ def _run(task, fn, kwargs: dict) -> None:
         raise
 
 
-@app.task(name="geoloc.index_batch", bind=True)
-def index_batch(self, **kwargs) -> None:
-    _run(self, jobs.index_batch, kwargs)
+def _register(name: str, function) -> None:
+    @app.task(name=name, bind=True)
+    def task(self, **kwargs) -> None:
+        _run(self, function, kwargs)
 
 
-@app.task(name="geoloc.prune_region", bind=True)
-def prune_region(self, **kwargs) -> None:
-    _run(self, jobs.prune_region, kwargs)
-
-
-@app.task(name="geoloc.prune_unplaceable", bind=True)
-def prune_unplaceable(self, **kwargs) -> None:
-    _run(self, jobs.prune_unplaceable, kwargs)
-
-
-@app.task(name="geoloc.reembed_batch", bind=True)
-def reembed_batch(self, **kwargs) -> None:
-    _run(self, jobs.reembed_batch, kwargs)
+# one Celery task per job function, under the name the planner sends (jobs.TASKS)
+for _name, _function in jobs.TASKS.items():
+    _register(_name, _function)
