@@ -113,7 +113,7 @@ class Locator:
             answer = self._answer(hits[: self.k])
         else:
             # weight each neighbour's similarity by its cell's probability relative to the best cell
-            cells = fine.assign(np.array([h.lat for h in hits]), np.array([h.lon for h in hits]))
+            cells = fine.assign_leaves([h.payload["s2"] for h in hits])  # the stored leaf, not recomputed
             weights = np.array([h.score for h in hits]) * probs[cells] / probs[top]
             keep = np.argsort(-weights)[: self.k]
             answer = self._answer([hits[i] for i in keep], weights[keep])
