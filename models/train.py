@@ -123,16 +123,15 @@ def train_heads(
     opt, sched = _optimiser(head, lr, weight_decay, steps)
     order = torch.Generator().manual_seed(seed)
 
-    def batch_loss(batch) -> torch.Tensor:
-        rows = data.train[batch]
+    def loss_of(rows) -> torch.Tensor:
         return head.loss(data.x[rows].to(dev), data.targets(rows, dev))
 
     def epoch_fn() -> float:
         batches = torch.randperm(len(data.train), generator=order).split(batch_size)
-        return _train_epoch(head, opt, sched, batches, batch_loss)
+        return _train_epoch(head, opt, sched, batches, lambda batch: loss_of(data.train[batch]))
 
     def val_fn() -> float:
-        return _eval_in_batches(lambda rows: head.loss(data.x[rows].to(dev), data.targets(rows, dev)), data.val)
+        return _eval_in_batches(loss_of, data.val)
 
     stopper = _fit(head, epoch_fn, val_fn if len(data.val) else None, epochs, patience)
     head.eval()
