@@ -26,12 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gallery.edge import EdgeGallery  # noqa: E402
+from geoloc.gallery.edge import EdgeGallery  # noqa: E402
 from geoloc.embedding import Embedder  # noqa: E402
 from geoloc.indexing import index_records  # noqa: E402
-from ingest.records import PhotoRecord  # noqa: E402
-from ingest.sources import iter_source, resolve_manifest_path  # noqa: E402
-from models.backbone import Backbone  # noqa: E402
+from geoloc.ingest.records import PhotoRecord  # noqa: E402
+from geoloc.ingest.sources import iter_source, resolve_manifest_path  # noqa: E402
+from geoloc.models.backbone import Backbone  # noqa: E402
 
 
 def slice_manifest(manifest: Path, n: int, out: Path) -> Path:

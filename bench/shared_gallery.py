@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gallery.base import GalleryPoint, SearchFilter, make_payload  # noqa: E402
-from gallery.edge import EdgeGallery  # noqa: E402
-from gallery.shared import SharedEdgeGallery  # noqa: E402
+from geoloc.gallery.base import GalleryPoint, SearchFilter, make_payload  # noqa: E402
+from geoloc.gallery.edge import EdgeGallery  # noqa: E402
+from geoloc.gallery.shared import SharedEdgeGallery  # noqa: E402
 
 DIM = 1280
 REPEATS = 5

@@ -38,8 +38,8 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
-from gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, SearchFilter, float_bounds
-from gallery.qdrant_base import QdrantGallery
+from geoloc.gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, SearchFilter, float_bounds
+from geoloc.gallery.qdrant_base import QdrantGallery
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gallery.base import VECTOR_NAME, Gallery, GalleryError, GalleryPoint, Hit, SearchFilter
+from geoloc.gallery.base import VECTOR_NAME, Gallery, GalleryError, GalleryPoint, Hit, SearchFilter
 
 UPSERT_BATCH = 256
 

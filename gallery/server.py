@@ -13,8 +13,9 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from gallery.base import PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, SearchFilter, float_bounds
-from gallery.qdrant_base import QdrantGallery
+from geoloc.gallery.base import (PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, SearchFilter,
+                                 float_bounds)
+from geoloc.gallery.qdrant_base import QdrantGallery
 
 RESCORE = models.QuantizationSearchParams(rescore=True, oversampling=2.0)
 

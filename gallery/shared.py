@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gallery.base import Gallery, GalleryPoint, Hit, SearchFilter
-from gallery.edge import EdgeGallery
+from geoloc.gallery.base import Gallery, GalleryPoint, Hit, SearchFilter
+from geoloc.gallery.edge import EdgeGallery
 
 LOCK_FILE = "gallery.lock"
 

@@ -23,11 +23,11 @@ class Embedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Embedder":
-        from models.backbone import Backbone
+        from geoloc.models.backbone import Backbone
 
         bundle = None
         if settings.bundle:
-            from models.bundle import load_bundle
+            from geoloc.models.bundle import load_bundle
 
             bundle = load_bundle(settings.bundle)
         name = bundle.backbone_name if bundle else settings.backbone

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.records import PhotoRecord, Skipped
-from ingest.sources import iter_source
+from geoloc.ingest.records import PhotoRecord, Skipped
+from geoloc.ingest.sources import iter_source
 
 PART_SIZE = 256
 

@@ -18,14 +18,14 @@ from typing import Protocol
 
 import numpy as np
 
-from gallery.base import Gallery, GalleryError, GalleryPoint, Hit, SearchFilter
+from geoloc.gallery.base import Gallery, GalleryError, GalleryPoint, Hit, SearchFilter
 from geoloc.embedding import Embedder
 from geoloc.indexing import index_records
 from geoloc.job_store import JobStore, Outcome
 from geoloc.settings import Settings
-from ingest import sources
-from ingest.records import ORIGINAL, PhotoRecord, Skipped
-from ingest.sources import SourceError, read_photo_file
+from geoloc.ingest import sources
+from geoloc.ingest.records import ORIGINAL, PhotoRecord, Skipped
+from geoloc.ingest.sources import SourceError, read_photo_file
 
 log = logging.getLogger(__name__)
 

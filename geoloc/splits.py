@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.evaluation import photographer_folds
-from ingest.sources import resolve_manifest_path
+from geoloc.ingest.sources import resolve_manifest_path
 
 
 def split_manifest(manifest: Path, out: Path, by: str = "photographer", query_fraction: float = 0.2,

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.exif_gps import GpsError, gps_from_exif, validate_coordinates
-from ingest.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageError, open_image, to_rgb
-from ingest.records import ORIGINAL, PhotoRecord, Skipped, sha256_hex
+from geoloc.ingest.exif_gps import GpsError, gps_from_exif, validate_coordinates
+from geoloc.ingest.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageError, open_image, to_rgb
+from geoloc.ingest.records import ORIGINAL, PhotoRecord, Skipped, sha256_hex
 
 REQUIRED_COLUMNS = ("filename", "lat", "lon")
 

@@ -8,11 +8,11 @@ from fastapi.responses import HTMLResponse
 
 from geoloc import __version__
 from geoloc.settings import Settings
-from search_api import errors
-from search_api.limits import BodyLimit, mib
-from search_api.page import PAGE
-from search_api.routes import collections, health, jobs, query
-from search_api.services import Services, build_services
+from geoloc.search_api import errors
+from geoloc.search_api.limits import BodyLimit, mib
+from geoloc.search_api.page import PAGE
+from geoloc.search_api.routes import collections, health, jobs, query
+from geoloc.search_api.services import Services, build_services
 
 DESCRIPTION = """
 Where was this photo taken? `POST /v1/locate` answers with a location, its evidence (the most similar

@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from geoloc.keys import ADMIN, ApiKey
-from search_api.errors import ApiError
-from search_api.services import Services
+from geoloc.search_api.errors import ApiError
+from geoloc.search_api.services import Services
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `geoloc keys create`: gk_...")
 

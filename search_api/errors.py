@@ -13,10 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gallery.base import GalleryError
+from geoloc.gallery.base import GalleryError
 from geoloc.locate import LocateError
-from ingest.images import ImageError
-from ingest.sources import SourceError
+from geoloc.ingest.images import ImageError
+from geoloc.ingest.sources import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import UploadFile
 from starlette.exceptions import HTTPException
 
-from search_api.errors import ApiError, error_response
+from geoloc.search_api.errors import ApiError, error_response
 
 
 def mib(n: int) -> str:

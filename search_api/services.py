@@ -6,15 +6,15 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from gallery.base import Gallery
+from geoloc.gallery.base import Gallery
 from geoloc.audit import AuditLog
 from geoloc.embedding import Embedder
 from geoloc.job_store import open_job_store
 from geoloc.jobs import InProcessRunner, JobContext, Jobs
 from geoloc.keys import KeyStore
 from geoloc.settings import Settings
-from search_api.registry import CollectionRegistry
-from search_api.spool import Spool
+from geoloc.search_api.registry import CollectionRegistry
+from geoloc.search_api.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Services:
         """Opened on first use, so the API starts (and /readyz says why) while a Qdrant server is down."""
         with self._lock:
             if self._gallery is None:
-                from gallery.open import open_gallery
+                from geoloc.gallery.open import open_gallery
 
                 self._gallery = open_gallery(self.settings, dim=self.embedder.dim)
             return self._gallery
@@ -64,7 +64,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
                         Spool(settings.spool_dir))
     store = open_job_store(settings)
     if settings.broker_url:
-        from workers.app import CeleryRunner, make_celery
+        from geoloc.workers.app import CeleryRunner, make_celery
 
         runner = CeleryRunner(make_celery(settings))
     else:

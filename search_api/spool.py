@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ingest.records import sha256_hex
+from geoloc.ingest.records import sha256_hex
 
 
 class Spool:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bundle import Bundle, save_bundle
-from models.heads import make_head
-from models.partition import Hierarchy
-from models.rrm import RRM
+from geoloc.models.bundle import Bundle, save_bundle
+from geoloc.models.heads import make_head
+from geoloc.models.partition import Hierarchy
+from geoloc.models.rrm import RRM
 
 
 def cell_probabilities(n_cells: int, chosen: dict[int, float]) -> np.ndarray:

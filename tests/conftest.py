@@ -9,6 +9,6 @@ pytest_plugins = ["tests.services"]
 def embedder():
     """The default embedder (EfficientNet-Lite0, ImageNet weights), loaded once for the whole session."""
     from geoloc.embedding import Embedder
-    from models.backbone import Backbone
+    from geoloc.models.backbone import Backbone
 
     return Embedder(Backbone(batch_size=16))

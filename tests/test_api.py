@@ -18,13 +18,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gallery.base import SearchFilter
+from geoloc.gallery.base import SearchFilter
 from geoloc.embedding import Embedder
 from geoloc.settings import Settings
-from ingest.records import point_id, sha256_hex
-from models.partition import adaptive_hierarchy
-from search_api.app import create_app
-from search_api.services import build_services
+from geoloc.ingest.records import point_id, sha256_hex
+from geoloc.models.partition import adaptive_hierarchy
+from geoloc.search_api.app import create_app
+from geoloc.search_api.services import build_services
 from tests.bundles import cell_probabilities, constructed_bundle
 from tests.photos import gps_block, photo_bytes
 from tests.services import DATA, free_port, manifest_rows

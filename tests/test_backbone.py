@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.backbone import Backbone, load_lite_package_weights
+from geoloc.models.backbone import Backbone, load_lite_package_weights
 
 skimage_data = pytest.importorskip("skimage.data")
 torch.set_num_threads(1)  # shared 2-core machine: more threads slow torch down badly

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import BundleError, load_bundle, save_bundle
-from models.heads import make_head
-from models.partition import adaptive_hierarchy
-from models.rrm import RRM
+from geoloc.models.bundle import BundleError, load_bundle, save_bundle
+from geoloc.models.heads import make_head
+from geoloc.models.partition import adaptive_hierarchy
+from geoloc.models.rrm import RRM
 
 torch.set_num_threads(1)
 DIM = 16
@@ -145,7 +145,7 @@ def test_save_refuses_to_overwrite_and_leaves_nothing_behind(parts, tmp_path):
 
 def test_train_bundle_trains_every_part_and_saves_it(tmp_path):
     from geoloc.features import FeatureSet
-    from models.train import train_bundle
+    from geoloc.models.train import train_bundle
 
     rng = np.random.default_rng(0)
     centres = np.array([[48.8, 2.3], [40.7, -74.0], [35.7, 139.7], [-33.9, 151.2]])
@@ -168,7 +168,7 @@ def test_train_bundle_trains_every_part_and_saves_it(tmp_path):
 
 
 def test_validation_split_keeps_photographers_whole():
-    from models.train import _validation_mask
+    from geoloc.models.train import _validation_mask
 
     photographer = np.repeat([f"p{i}" for i in range(30)], np.arange(1, 31))
     val = _validation_mask(photographer, 0.2, seed=3)

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from geoloc.cli import main
-from models.backbone import Backbone
+from geoloc.models.backbone import Backbone
 from tests.photos import write_photo
 
 torch.set_num_threads(1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geoloc import features as feature_cache
-from models.backbone import Backbone
+from geoloc.models.backbone import Backbone
 from tests.photos import write_photo
 
 torch.set_num_threads(1)

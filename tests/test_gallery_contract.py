@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import s2sphere
 
-from gallery.base import GalleryError, GalleryPoint, SearchFilter, make_payload
-from gallery.edge import EdgeGallery
-from gallery.open import open_gallery
-from gallery.server import ServerGallery
+from geoloc.gallery.base import GalleryError, GalleryPoint, SearchFilter, make_payload
+from geoloc.gallery.edge import EdgeGallery
+from geoloc.gallery.open import open_gallery
+from geoloc.gallery.server import ServerGallery
 from geoloc.cells import leaf_range, token_at_level
 from geoloc.geodesy import haversine_km
 from geoloc.settings import Settings

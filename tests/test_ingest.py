@@ -4,9 +4,9 @@ import math
 import pytest
 from PIL.TiffImagePlugin import IFDRational
 
-from ingest.exif_gps import GpsError, validate_coordinates
-from ingest.records import PhotoRecord, Skipped, point_id
-from ingest.sources import SourceError, iter_source, load_photo
+from geoloc.ingest.exif_gps import GpsError, validate_coordinates
+from geoloc.ingest.records import PhotoRecord, Skipped, point_id
+from geoloc.ingest.sources import SourceError, iter_source, load_photo
 from tests.photos import photo_bytes, write_photo
 
 

@@ -13,9 +13,9 @@ import subprocess
 import httpx
 import pytest
 
-from gallery.base import SearchFilter
-from gallery.shared import SharedEdgeGallery
-from ingest.records import point_id, sha256_hex
+from geoloc.gallery.base import SearchFilter
+from geoloc.gallery.shared import SharedEdgeGallery
+from geoloc.ingest.records import point_id, sha256_hex
 from tests.services import DATA, REPO, geoloc, manifest_rows, service_env, start_api, start_worker, wait_until
 
 N_PHOTOS = 50

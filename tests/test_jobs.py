@@ -11,16 +11,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gallery.base import GalleryError, SearchFilter
-from gallery.edge import EdgeGallery
+from geoloc.gallery.base import GalleryError, SearchFilter
+from geoloc.gallery.edge import EdgeGallery
 from geoloc import job_store, jobs
 from geoloc.cells import leaf_int64
 from geoloc.embedding import Embedder
 from geoloc.settings import Settings
-from ingest.records import ORIGINAL
-from ingest.sources import SourceError
-from models.backbone import Backbone
-from models.partition import adaptive_hierarchy
+from geoloc.ingest.records import ORIGINAL
+from geoloc.ingest.sources import SourceError
+from geoloc.models.backbone import Backbone
+from geoloc.models.partition import adaptive_hierarchy
 from tests.bundles import cell_probabilities, constructed_bundle
 from tests.photos import photo_bytes
 
@@ -185,7 +185,7 @@ def _task(retries):
 
 
 def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch):
-    from workers import tasks
+    from geoloc.workers import tasks
 
     store = job_store.FileJobStore(tmp_path)
     job_id = store.create("upload", "news", 2, 1, "k1")
@@ -203,7 +203,7 @@ def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tm
 
 
 def test_celery_delivery_settings():
-    from workers.app import make_celery
+    from geoloc.workers.app import make_celery
 
     settings = Settings(broker_url="redis://127.0.0.1:1/0", task_time_limit=600)
     conf = make_celery(settings).conf

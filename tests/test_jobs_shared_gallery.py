@@ -10,9 +10,9 @@ import uuid
 import numpy as np
 import pytest
 
-from gallery.base import GalleryError, GalleryPoint, SearchFilter, make_payload
-from gallery.edge import EdgeGallery
-from gallery.shared import SharedEdgeGallery
+from geoloc.gallery.base import GalleryError, GalleryPoint, SearchFilter, make_payload
+from geoloc.gallery.edge import EdgeGallery
+from geoloc.gallery.shared import SharedEdgeGallery
 
 DIM = 8
 

@@ -3,7 +3,7 @@ import pytest
 import s2sphere
 
 from geoloc import cells
-from models.partition import Hierarchy, Partition, adaptive_hierarchy, adaptive_partition, leaf_ids
+from geoloc.models.partition import Hierarchy, Partition, adaptive_hierarchy, adaptive_partition, leaf_ids
 
 
 def clustered_points(n=800, seed=0):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import s2sphere
 
-from gallery.edge import EdgeGallery
+from geoloc.gallery.edge import EdgeGallery
 from geoloc.evaluation import densest_location, errors_km
 from geoloc.geodesy import haversine_km
-from models.bundle import load_bundle
+from geoloc.models.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared/data/im2gps3k-dev/manifest.csv"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
+from geoloc.models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
 
 torch.set_num_threads(1)
 

@@ -24,7 +24,7 @@ def margin_s(limit_s: int) -> int:
 def make_celery(settings: Settings) -> Celery:
     limit = settings.task_time_limit
     margin = margin_s(limit)
-    app = Celery("geoloc", broker=settings.broker_url, include=["workers.tasks"])
+    app = Celery("geoloc", broker=settings.broker_url, include=["geoloc.workers.tasks"])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

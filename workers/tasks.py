@@ -14,11 +14,11 @@ import os
 from celery.signals import worker_process_init
 from celery.utils.log import current_process_index
 
-from gallery.base import Gallery, GalleryError
+from geoloc.gallery.base import Gallery, GalleryError
 from geoloc import job_store, jobs
 from geoloc.embedding import Embedder
 from geoloc.settings import Settings
-from workers.app import app, margin_s
+from geoloc.workers.app import app, margin_s
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _store():
 
 @functools.cache
 def _gallery() -> Gallery:
-    from gallery.open import open_gallery
+    from geoloc.gallery.open import open_gallery
 
     return open_gallery(_settings(), dim=_embedder().dim)  # not cached when it raises
 

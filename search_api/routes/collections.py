@@ -11,15 +11,15 @@ from typing import Annotated
 from fastapi import APIRouter, Body, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from gallery.base import SearchFilter
+from geoloc.gallery.base import SearchFilter
 from geoloc.job_store import Outcome
 from geoloc.jobs import check_import_path
-from ingest.exif_gps import GpsError, validate_coordinates
-from ingest.records import ORIGINAL, point_id
-from search_api.auth import Admin, Caller, Svc
-from search_api.errors import ERROR_RESPONSES, ApiError
-from search_api.routes.common import checked_name, image_id
-from search_api.schemas import (
+from geoloc.ingest.exif_gps import GpsError, validate_coordinates
+from geoloc.ingest.records import ORIGINAL, point_id
+from geoloc.search_api.auth import Admin, Caller, Svc
+from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
+from geoloc.search_api.routes.common import checked_name, image_id
+from geoloc.search_api.schemas import (
     CollectionInfo,
     CollectionList,
     Deleted,
@@ -28,7 +28,7 @@ from search_api.schemas import (
     NewCollection,
     PruneRequest,
 )
-from search_api.services import Services
+from geoloc.search_api.services import Services
 
 router = APIRouter(prefix="/collections", tags=["collections"], responses=ERROR_RESPONSES)
 NOT_FOUND = {404: {"description": "No such collection or photo"}}

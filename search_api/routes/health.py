@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from search_api.auth import Svc
-from search_api.schemas import Health
+from geoloc.search_api.auth import Svc
+from geoloc.search_api.schemas import Health
 
 router = APIRouter(tags=["health"])
 

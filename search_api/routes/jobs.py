@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from search_api.auth import Admin, Svc
-from search_api.errors import ERROR_RESPONSES, ApiError
-from search_api.schemas import Job
+from geoloc.search_api.auth import Admin, Svc
+from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
+from geoloc.search_api.schemas import Job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
