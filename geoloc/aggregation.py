@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from geoloc.geodesy import EARTH_RADIUS_KM, haversine_km, spherical_mean
+from geoloc.registry import Registry
+
+AGGREGATORS: Registry = Registry("aggregator")
 
 
 @dataclass
@@ -19,6 +23,7 @@ class Estimate:
     support: list[int]  # indices of the neighbours the answer rests on
 
 
+@AGGREGATORS.register("cluster")
 def cluster(lat, lon, scores, eps_km: float = 1.0, min_samples: int = 1) -> Estimate:
     """DBSCAN on great-circle distance, largest cluster (tie: the one holding the most similar photo),
     answered by its spherical mean."""
@@ -40,18 +45,21 @@ def cluster(lat, lon, scores, eps_km: float = 1.0, min_samples: int = 1) -> Esti
     return Estimate(mean_lat, mean_lon, best.tolist())
 
 
+@AGGREGATORS.register("nn")
 def nearest(lat, lon, scores) -> Estimate:
     """The location of the single most similar photo."""
     i = int(np.argmax(scores))
     return Estimate(float(lat[i]), float(lon[i]), [i])
 
 
+@AGGREGATORS.register("mean")
 def mean(lat, lon, scores) -> Estimate:
     """Spherical mean of all K neighbours (the paper's 'average' ablation)."""
     mean_lat, mean_lon = spherical_mean(lat, lon)
     return Estimate(mean_lat, mean_lon, list(range(len(lat))))
 
 
+@AGGREGATORS.register("kde")
 def kernel_density(lat, lon, scores, sigma_km: float = 100.0, power: float = 10.0) -> Estimate:
     """Weighted Gaussian kernel density over the neighbours (weights s^m), maximised over their locations.
 
@@ -66,5 +74,3 @@ def kernel_density(lat, lon, scores, sigma_km: float = 100.0, power: float = 10.
     support = np.flatnonzero(dist[i] <= 2 * sigma_km)
     return Estimate(float(lat[i]), float(lon[i]), support.tolist())
 
-
-AGGREGATORS = {"cluster": cluster, "nn": nearest, "kde": kernel_density, "mean": mean}

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gallery.base import GalleryPoint, make_payload
-from gallery.edge import EdgeGallery
+from geoloc.gallery.base import GalleryPoint, make_payload
+from geoloc.gallery.edge import EdgeGallery
 from geoloc.embedding import Embedder
 from geoloc.evaluation import THRESHOLDS_KM, accuracy, errors_km, photographer_folds
 from geoloc.features import FeatureSet
 from geoloc.locate import Locator
-from ingest.records import point_id
+from geoloc.ingest.records import point_id
+from geoloc.models.heads import HEADS
 
-HEADS = ("ce", "hc", "mvmf")
 K_ABLATION = (1, 5, 10, 15, 20)
 AGGREGATION_ABLATION = ("mean", "kde", "cluster")
 
@@ -86,7 +86,7 @@ def _methods(bundle, raw: Embedder, raw_gallery, swc: Embedder, rrm_gallery) -> 
 def cross_validate(features: FeatureSet, folds: int = 5, seed: int = 0, work_dir: Path | None = None,
                    progress: Callable[[str], None] = print) -> dict:
     """Per-method errors over all folds, accuracy tables and the training metrics of each fold."""
-    from models.train import train_bundle
+    from geoloc.models.train import train_bundle
 
     if np.any(features.photographers == ""):
         raise ValueError("evaluation splits by photographer: the feature file needs a 'photographer' column")

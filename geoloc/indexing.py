@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -11,19 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gallery.base import Gallery, GalleryPoint, make_payload
+from geoloc.gallery.base import Gallery, GalleryPoint, make_payload
 from geoloc.embedding import Embedder
-from ingest.records import PhotoRecord, Skipped, point_id
-
-_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def check_collection_name(name: str) -> str:
-    if not isinstance(name, str) or not _COLLECTION_NAME.match(name):
-        raise ValueError(f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
-                         f"starting with a letter or digit")
-    return name
-
+from geoloc.names import check_collection_name
+from geoloc.ingest.records import PhotoRecord, Skipped, point_id
 
 @dataclass
 class IndexReport:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from geoloc.indexing import check_collection_name
+from geoloc.names import check_collection_name
 
 ADMIN, READER = "admin", "reader"
 TOKEN_PREFIX = "gk"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gallery.base import Gallery, Hit, SearchFilter
+from geoloc.gallery.base import Gallery, Hit, SearchFilter
 from geoloc.aggregation import AGGREGATORS
 from geoloc.embedding import Embedder
 from geoloc.geodesy import haversine_km
@@ -57,7 +57,7 @@ class Locator:
         """`head` picks the bundle's classifier (default: the bundle's own); `within_cell=False` searches
         the whole gallery with the bundle's RRM embedding (retrieval without the classifier)."""
         if aggregator not in AGGREGATORS:
-            raise LocateError(f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS)}")
+            raise LocateError(f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS.names())}")
         if k < 1 or top_cells < 1:
             raise LocateError("k and top_cells must be at least 1")
         self.embedder, self.gallery = embedder, gallery
@@ -92,7 +92,7 @@ class Locator:
         lat = np.array([h.lat for h in hits])
         lon = np.array([h.lon for h in hits])
         scores = np.array([h.score for h in hits]) if cell_weights is None else cell_weights
-        estimate = AGGREGATORS[self.aggregator](lat, lon, scores, **self.aggregator_options)
+        estimate = AGGREGATORS.get(self.aggregator)(lat, lon, scores, **self.aggregator_options)
         km = haversine_km(lat, lon, estimate.lat, estimate.lon)
         neighbours = [Neighbour(h.id, h.lat, h.lon, float(h.score), float(d), h.payload.get("collection", ""),
                                 h.payload.get("source", "")) for h, d in zip(hits, km)]

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
+from geoloc.models.device import autocast, resolve_device
+
 # (input size, crop_pct) of the EfficientNet-Lite TF weights; mean = std = 0.5.
 LITE_EVAL = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.890)}
 
@@ -136,14 +138,9 @@ class Backbone:
 
         self.data_config = data_cfg or resolve_data_config({}, model=model)
         self.transform = create_transform(**self.data_config, is_training=False)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.eval().requires_grad_(False).to(self.device,
                                                            memory_format=torch.channels_last)
-        self._amp = None
-        if self.device.type == "cuda":
-            self._amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     @property
     def model_id(self) -> str:
@@ -169,8 +166,7 @@ class Backbone:
             for i in range(0, len(images), self.batch_size):
                 x = torch.stack([self.preprocess(im) for im in images[i:i + self.batch_size]])
                 x = x.to(self.device, memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=self._amp or torch.bfloat16,
-                                    enabled=self._amp is not None):
+                with autocast(self.device):
                     y = head(self.model.forward_features(x))
                 outs.append(y.float().cpu().numpy())
         if not outs:

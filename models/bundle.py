@@ -26,10 +26,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.heads import HEAD_KINDS, make_head
-from models.partition import Hierarchy
-from models.rrm import RRM
-from models.train import pick_device
+from geoloc.models.heads import HEADS, make_head
+from geoloc.models.partition import Hierarchy
+from geoloc.models.rrm import RRM
+from geoloc.models.device import resolve_device
 
 BUNDLE_FORMAT = "geoloc.bundle"
 FORMAT_VERSION = 1
@@ -173,7 +173,7 @@ def load_bundle(directory: str | Path, device: str = "cpu") -> Bundle:
             raise BundleError(f"{directory}: file {name} is missing")
         if _sha256(path) != digest:
             raise BundleError(f"{directory}: {name} does not match its checksum (modified or damaged)")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     try:
         hierarchy = Hierarchy.from_json((directory / manifest["partitions"]).read_text())
         rrm = RRM(manifest["rrm"]["dim"], manifest["rrm"]["hidden"])
@@ -219,8 +219,8 @@ def _read_manifest(directory: Path) -> dict:
 
 def _check_head(kind: str, head: nn.Module, dim: int, hierarchy: Hierarchy) -> None:
     """Refuse a head that the loader could not rebuild from this hierarchy."""
-    if kind not in HEAD_KINDS:
-        raise BundleError(f"unknown head kind {kind!r}: expected one of {HEAD_KINDS}")
+    if kind not in HEADS:
+        raise BundleError(f"unknown head kind {kind!r}: expected one of {HEADS.names()}")
     try:
         make_head(kind, dim, hierarchy).load_state_dict(head.state_dict())
     except RuntimeError as err:

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.partition import Hierarchy
+from geoloc.models.partition import Hierarchy
+from geoloc.registry import Registry
 
-HEAD_KINDS = ("ce", "hc", "mvmf")
+# head name -> builder(in_dim, hierarchy, dropout) of a freshly initialised head
+HEADS: Registry = Registry("head")
 _LOG_2PI = math.log(2 * math.pi)
 _FACE_EDGE_RAD = math.sqrt(4 * math.pi / 6)  # edge of an S2 face seen as a square of 1/6 of the sphere
 
@@ -121,14 +123,23 @@ def initial_log_kappa(levels) -> np.ndarray:
     return np.log(16.0 / edge**2)
 
 
+@HEADS.register("ce")
+def _ce(in_dim: int, hierarchy: Hierarchy, dropout: float) -> nn.Module:
+    return CEHead(in_dim, len(hierarchy.fine), dropout)
+
+
+@HEADS.register("hc")
+def _hc(in_dim: int, hierarchy: Hierarchy, dropout: float) -> nn.Module:
+    sizes = (len(hierarchy.coarse), len(hierarchy.middle), len(hierarchy.fine))
+    return HierarchicalHead(in_dim, sizes, hierarchy.parent_middle, hierarchy.parent_coarse, dropout)
+
+
+@HEADS.register("mvmf")
+def _mvmf(in_dim: int, hierarchy: Hierarchy, dropout: float) -> nn.Module:
+    fine = hierarchy.fine
+    return MvMFHead(in_dim, fine.centre_unit_vectors(), initial_log_kappa(fine.levels), dropout)
+
+
 def make_head(kind: str, in_dim: int, hierarchy: Hierarchy, dropout: float = 0.1) -> nn.Module:
     """The head of this kind for this hierarchy, freshly initialised."""
-    fine = hierarchy.fine
-    if kind == "ce":
-        return CEHead(in_dim, len(fine), dropout)
-    if kind == "hc":
-        sizes = (len(hierarchy.coarse), len(hierarchy.middle), len(fine))
-        return HierarchicalHead(in_dim, sizes, hierarchy.parent_middle, hierarchy.parent_coarse, dropout)
-    if kind == "mvmf":
-        return MvMFHead(in_dim, fine.centre_unit_vectors(), initial_log_kappa(fine.levels), dropout)
-    raise ValueError(f"unknown head kind {kind!r}: expected one of {HEAD_KINDS}")
+    return HEADS.get(kind)(in_dim, hierarchy, dropout)

@@ -16,9 +16,10 @@ from torch import nn
 
 from geoloc.features import FeatureSet
 from geoloc.geodesy import to_unit_vectors
-from models.heads import HEAD_KINDS, Targets, make_head
-from models.partition import Hierarchy, Partition, adaptive_hierarchy
-from models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
+from geoloc.models.device import resolve_device
+from geoloc.models.heads import HEADS, Targets, make_head
+from geoloc.models.partition import Hierarchy, Partition, adaptive_hierarchy
+from geoloc.models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
 
 PAPER_FINE_CELLS = 32768  # the paper's fine partition, for 4.5M photos
 PHOTOS_PER_FINE_CELL = 25
@@ -51,7 +52,7 @@ def train_bundle(
     features: FeatureSet,
     directory,
     *,
-    kinds=HEAD_KINDS,
+    kinds=HEADS.names(),
     preprocessing: dict | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -62,7 +63,7 @@ def train_bundle(
     The default head is MvMF when trained (the paper's best with the RRM), else the first of `kinds`.
     The backbone name is the part of the cache's model id before ':' (the Backbone's own format);
     `preprocessing` should be the backbone's eval transform (its data config) when at hand."""
-    from models.bundle import save_bundle  # the bundle module builds on this one
+    from geoloc.models.bundle import save_bundle  # the bundle module builds on this one
 
     columns = (features.features, features.lat, features.lon, features.photographers)
     hierarchy = build_hierarchy(features.lat, features.lon)
@@ -82,12 +83,6 @@ def train_bundle(
         metrics=metrics,
         default_head="mvmf" if "mvmf" in heads else None,
     )
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_heads(
@@ -113,10 +108,8 @@ def train_heads(
     Photos outside every fine cell are left out. Metrics: epochs run, best epoch, train and validation
     loss at the best epoch, validation top-1 fine-cell accuracy, split sizes. Defaults suit a few
     thousand photos (seconds on a CPU); the paper's lr 1e-5 for 5 epochs suits its 4.5M photos."""
-    if kind not in HEAD_KINDS:
-        raise ValueError(f"unknown head kind {kind!r}: expected one of {HEAD_KINDS}")
     data = _Data(features, lat, lon, photographer, hierarchy.fine, val_fraction, seed)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     head = make_head(kind, data.x.shape[1], hierarchy, dropout).to(dev)
     steps = epochs * math.ceil(len(data.train) / batch_size)
@@ -176,7 +169,7 @@ def train_rrm(
     1e-5 assumes ~500 steps per epoch) and Dh 1024 (the paper's 4096 means 10M parameters for a few
     thousand photos, and 4x the CPU time). Tau, batch size, bank size and weight decay are the paper's."""
     data = _Data(features, lat, lon, photographer, partition, val_fraction, seed)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     rrm = RRM(data.x.shape[1], hidden).to(dev)
     sampler = CellPairSampler(data.cells[data.train].numpy(), seed)

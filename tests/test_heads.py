@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.heads import CEHead, HierarchicalHead, MvMFHead, Targets, initial_log_kappa, log_vmf, make_head
-from models.partition import adaptive_hierarchy
+from geoloc.models.heads import CEHead, HierarchicalHead, MvMFHead, Targets, initial_log_kappa, log_vmf, make_head
+from geoloc.models.partition import adaptive_hierarchy
 
 torch.set_num_threads(1)
 
@@ -116,5 +116,5 @@ def test_every_head_gives_fine_cell_distributions_and_trains(kind):
 
 def test_unknown_kind_is_refused():
     hier = adaptive_hierarchy([0.0, 1.0], [0.0, 1.0], (1, 1, 1))
-    with pytest.raises(ValueError, match="unknown head kind"):
+    with pytest.raises(ValueError, match="unknown head"):
         make_head("knn", 4, hier)

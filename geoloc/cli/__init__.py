@@ -9,11 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gallery.base import GalleryError
+from geoloc.gallery.base import GalleryError
 from geoloc.locate import LocateError
 from geoloc.settings import Settings
-from ingest.images import ImageError
-from ingest.sources import SourceError
+from geoloc.aggregation import AGGREGATORS
+from geoloc.ingest.images import ImageError
+from geoloc.ingest.sources import SourceError
 
 USER_ERRORS = (SourceError, GalleryError, LocateError, ImageError, FileNotFoundError, ValueError)
 
@@ -32,7 +33,7 @@ def _settings(args) -> Settings:
 
 
 def _open(settings: Settings, embedder=None):
-    from gallery.open import open_gallery
+    from geoloc.gallery.open import open_gallery
 
     return open_gallery(settings, dim=embedder.dim if embedder else None)
 
@@ -44,8 +45,9 @@ def _embedder(settings: Settings):
 
 
 def cmd_index(args) -> int:
-    from geoloc.indexing import check_collection_name, index_records
-    from ingest.sources import count_items, iter_source
+    from geoloc.indexing import index_records
+    from geoloc.names import check_collection_name
+    from geoloc.ingest.sources import count_items, iter_source
 
     check_collection_name(args.collection)
     path = Path(args.source)
@@ -68,9 +70,9 @@ def cmd_index(args) -> int:
 
 def _query_batches(names: list[str], batch_size: int):
     """(name, image or None, truth or None, error) in batches: CSV manifests carry truth, photos don't."""
-    from ingest.images import open_image, to_rgb
-    from ingest.records import PhotoRecord
-    from ingest.sources import iter_source
+    from geoloc.ingest.images import open_image, to_rgb
+    from geoloc.ingest.records import PhotoRecord
+    from geoloc.ingest.sources import iter_source
 
     def items():
         for name in names:
@@ -99,7 +101,7 @@ def _query_batches(names: list[str], batch_size: int):
 def cmd_locate(args) -> int:
     from geoloc.evaluation import accuracy, errors_km
     from geoloc.locate import Locator
-    from ingest.sources import count_items
+    from geoloc.ingest.sources import count_items
 
     settings = _settings(args)
     embedder = _embedder(settings)
@@ -179,8 +181,8 @@ def cmd_split(args) -> int:
 
 def cmd_features(args) -> int:
     from geoloc.features import extract_features
-    from ingest.sources import count_items
-    from models.backbone import Backbone
+    from geoloc.ingest.sources import count_items
+    from geoloc.models.backbone import Backbone
 
     settings = _settings(args)
     total = count_items(Path(args.source))
@@ -197,7 +199,7 @@ def cmd_features(args) -> int:
 
 def cmd_train(args) -> int:
     from geoloc.features import load_features
-    from models.train import train_bundle
+    from geoloc.models.train import train_bundle
 
     features = load_features(args.features)
     kinds = tuple(k.strip() for k in args.heads.split(",") if k.strip())
@@ -263,7 +265,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from geoloc.keys import KeyStore
-    from search_api.app import create_app
+    from geoloc.search_api.app import create_app
 
     settings = _settings(args)
     if settings.require_keys and not KeyStore(settings.keys_path).list():
@@ -285,7 +287,7 @@ def cmd_worker(args) -> int:
                         ("GEOLOC_BATCH_SIZE", args.batch_size)):
         if value:
             os.environ[name] = str(value)
-    from workers.app import QUEUE, app
+    from geoloc.workers.app import QUEUE, app
 
     app.worker_main(["worker", f"--loglevel={args.log_level}", f"--concurrency={args.concurrency}",
                      "--pool=prefork", f"--hostname=geoloc-{os.getpid()}@%h", f"--queues={QUEUE}"])
@@ -327,6 +329,17 @@ def cmd_keys_revoke(args) -> int:
     return 0
 
 
+def _head_name(name: str) -> str:
+    """A registered classifier head (imported only when asked for: the registry lives beside torch)."""
+    from geoloc.models.heads import HEADS
+
+    try:
+        HEADS.get(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoloc", description="Where was this photo taken?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -348,10 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="photos, or CSV manifests (their lat/lon are scored)")
     p.add_argument("--json", action="store_true", help="print answers as JSON")
     p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
-    p.add_argument("--aggregator", default="cluster", choices=["cluster", "nn", "kde", "mean"])
+    p.add_argument("--aggregator", default="cluster", choices=AGGREGATORS.names())
     p.add_argument("--collections", nargs="*", help="search only these collections")
     p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
-    p.add_argument("--head", choices=["ce", "hc", "mvmf"], help="with a bundle: its classifier (default: its own)")
+    p.add_argument("--head", type=_head_name, help="with a bundle: its classifier (default: its own)")
     model_options(p)
     p.set_defaults(func=cmd_locate)
 

@@ -7,12 +7,12 @@ import uuid
 from fastapi import UploadFile
 from PIL import Image
 
-from geoloc.indexing import check_collection_name
+from geoloc.names import check_collection_name
 from geoloc.settings import Settings
-from ingest.images import open_image, to_rgb
-from ingest.records import point_id
-from search_api.errors import ApiError
-from search_api.limits import read_upload
+from geoloc.ingest.images import open_image, to_rgb
+from geoloc.ingest.records import point_id
+from geoloc.search_api.errors import ApiError
+from geoloc.search_api.limits import read_upload
 
 
 def parse_collections(value: str | None) -> list[str] | None:

@@ -8,15 +8,16 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 
-from gallery.base import SearchFilter
+from geoloc.gallery.base import SearchFilter
+from geoloc.aggregation import AGGREGATORS
 from geoloc.geodesy import haversine_km
 from geoloc.keys import ApiKey
 from geoloc.locate import Locator
-from search_api.auth import Caller, Svc
-from search_api.errors import ERROR_RESPONSES, ApiError
-from search_api.routes.common import parse_collections, photo_url, read_photo
-from search_api.schemas import LocateResponse, SimilarResponse
-from search_api.services import Services
+from geoloc.search_api.auth import Caller, Svc
+from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
+from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
+from geoloc.search_api.schemas import LocateResponse, SimilarResponse
+from geoloc.search_api.services import Services
 
 router = APIRouter(tags=["search"])
 
@@ -49,7 +50,7 @@ def audited(svc: Services, key: ApiKey, endpoint: str, requested: list[str] | No
                          "is Search-within-Cell: the top K inside the predicted cell(s).")
 def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
            top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle: cells to search")] = 1,
-           aggregator: Annotated[Literal["cluster", "nn", "kde", "mean"], Form(
+           aggregator: Annotated[Literal[AGGREGATORS.names()], Form(
                description="How the neighbours become one answer (cluster: DBSCAN, the paper's)")] = "cluster"):
     requested = parse_collections(collections)
     with audited(svc, key, "locate", requested, k=k, top_cells=top_cells) as entry:

@@ -1,0 +1,40 @@
+"""Where models run: the one place that turns "auto" into a device, picks the mixed precision of a
+device, and sizes a batch for it. CPU everywhere; CUDA when present (one GPU per worker process)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+CPU_BATCH = 32
+GPU_BATCH = 128
+
+
+def resolve_device(configured: str | torch.device = "auto", index: int | None = None) -> torch.device:
+    """As configured; "auto" is CUDA when present, else the CPU. `index` (a worker's process number)
+    spreads processes over the GPUs: process i runs on GPU i mod n."""
+    if str(configured) != "auto":
+        return torch.device(configured)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", (index or 0) % torch.cuda.device_count())
+
+
+def default_batch_size(device: torch.device) -> int:
+    return GPU_BATCH if device.type == "cuda" else CPU_BATCH
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the GPU has it, else float16; None (full precision) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    """Mixed precision on a GPU; a no-op context on the CPU."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
