@@ -148,6 +148,8 @@ def run_task(ctx: JobContext, task: str, kwargs: dict) -> None:
 class Runner(Protocol):
     def submit(self, task: str, kwargs: dict) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class InProcessRunner:
     """Runs tasks one at a time on a thread of this process: `geoloc serve` with no broker."""

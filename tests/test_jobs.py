@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from geoloc.gallery.base import GalleryError, SearchFilter
+from geoloc.gallery.base import SearchFilter
 from geoloc.gallery.edge import EdgeGallery
 from geoloc import job_store, jobs
 from geoloc.cells import leaf_int64
@@ -184,26 +184,29 @@ def _task(retries):
     return SimpleNamespace(request=SimpleNamespace(retries=retries), retry=retry)
 
 
-def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch):
+def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch, embedder):
+    """A worker's runtime pointed at a Qdrant server that is not there: the real open fails, the task retries
+    with backoff, and after the last retry the batch fails with the reason."""
+    from geoloc.runtime import Runtime
     from geoloc.workers import tasks
 
-    store = job_store.FileJobStore(tmp_path)
+    settings = Settings(home=tmp_path, qdrant_url="http://127.0.0.1:9", qdrant_timeout=1)
+    runtime = Runtime(settings, embedder)
+    store = runtime.job_store()
     job_id = store.create("upload", "news", 2, 1, "k1")
-    monkeypatch.setattr(tasks, "context", lambda: (_ for _ in ()).throw(GalleryError("Qdrant is down")))
-    monkeypatch.setattr(tasks, "_store", lambda: store)
+    monkeypatch.setattr(tasks, "runtime", lambda: runtime)
     kwargs = {"job_id": job_id, "batch": 1, "collection": "news", "items": [{}, {}]}
-    limit = tasks._settings().task_retries
     with pytest.raises(_Retry) as retried:
         tasks._run(_task(0), jobs.index_batch, kwargs)
     assert retried.value.args == (1,)
     assert store.get(job_id)["state"] == "queued"
-    tasks._run(_task(limit), jobs.index_batch, kwargs)
+    tasks._run(_task(settings.task_retries), jobs.index_batch, kwargs)
     job = store.get(job_id)
     assert (job["state"], job["failed"], job["reasons"]) == ("failed", 2, {"gallery_unavailable": 2})
 
 
 def test_celery_delivery_settings():
-    from geoloc.workers.app import make_celery
+    from geoloc.task_queue import make_celery
 
     settings = Settings(broker_url="redis://127.0.0.1:1/0", task_time_limit=600)
     conf = make_celery(settings).conf

@@ -1,0 +1,57 @@
+"""What every command shares: user errors, settings from the environment and the options, the runtime."""
+
+from __future__ import annotations
+
+import argparse
+
+from geoloc.gallery.base import GalleryError
+from geoloc.ingest.images import ImageError
+from geoloc.ingest.sources import SourceError
+from geoloc.locate import LocateError
+from geoloc.runtime import Runtime
+from geoloc.settings import Settings
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit status 2."""
+
+
+USER_ERRORS = (UserError, SourceError, GalleryError, LocateError, ImageError, FileNotFoundError, ValueError)
+MODEL_OPTIONS = ("bundle", "backbone", "checkpoint", "device", "batch_size")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the model options given on the command line."""
+    settings = Settings()
+    for option in MODEL_OPTIONS:
+        if getattr(args, option, None):
+            setattr(settings, option, getattr(args, option))
+    return settings
+
+
+def runtime_from(args: argparse.Namespace) -> Runtime:
+    return Runtime(settings_from(args))
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", help="model bundle directory (classifier + RRM); default: retrieval only")
+    parser.add_argument("--backbone", help="timm model name (default tf_efficientnet_lite0, or GEOLOC_BACKBONE)")
+    parser.add_argument("--checkpoint", help="local weights for the backbone (.safetensors or a torch state dict)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--batch-size", type=int, help="photos per backbone batch")
+
+
+def head_name(name: str) -> str:
+    """A registered classifier head (imported only when asked for: the registry lives beside torch)."""
+    from geoloc.models.heads import HEADS
+
+    try:
+        HEADS.get(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def print_counts(counts: dict[str, int], verb: str = "skipped") -> None:
+    for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"  {verb} {count}: {reason}")

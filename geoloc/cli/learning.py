@@ -1,0 +1,99 @@
+"""Building and measuring models: split a manifest, cache features, train a bundle, k-fold evaluation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from geoloc.cli.common import add_model_options, print_counts, settings_from
+
+
+def cmd_split(args) -> int:
+    from geoloc.splits import split_manifest
+
+    gallery_csv, queries_csv, counts = split_manifest(Path(args.manifest), Path(args.out), args.by,
+                                                      args.query_fraction, args.seed)
+    print(f"{counts['gallery']} gallery photos -> {gallery_csv}")
+    print(f"{counts['queries']} query photos -> {queries_csv}  (no '{args.by}' on both sides)")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from geoloc.features import extract_features
+    from geoloc.ingest.sources import count_items
+    from geoloc.models.backbone import Backbone
+
+    settings = settings_from(args)
+    total = count_items(Path(args.source))
+    out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+    backbone = Backbone(settings.backbone, checkpoint=settings.checkpoint, device=settings.device,
+                        batch_size=settings.batch_size)
+    with tqdm(total=total, unit="photo", desc="features") as bar:
+        features, skipped = extract_features(args.source, out, backbone, progress=bar.update)
+    print(f"{len(features)} photos x {features.features.shape[1]} features ({features.model_id}) -> {out}")
+    print_counts(skipped)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from geoloc.features import load_features
+    from geoloc.training import train_bundle
+
+    features = load_features(args.features)
+    kinds = tuple(k.strip() for k in args.heads.split(",") if k.strip())
+    print(f"training on {len(features)} photos ({features.model_id}): heads {', '.join(kinds)} and the RRM")
+    bundle = train_bundle(features, args.out, kinds=kinds, seed=args.seed, device=settings_from(args).device)
+    for name, metrics in bundle.manifest["metrics"].items():
+        top1 = metrics.get("val_top1")
+        shown = "n/a" if top1 is None else f"{100 * top1:.1f}%"
+        print(f"  {name}: {metrics.get('epochs')} epochs, validation top-1 cell {shown}")
+    fine = bundle.hierarchy.fine
+    print(f"bundle {bundle.bundle_id[:12]} -> {args.out} ({len(fine)} fine cells); use it with --bundle "
+          f"{args.out} or GEOLOC_BUNDLE, after indexing the gallery with it")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from geoloc.crossval import cross_validate, markdown, write_report
+    from geoloc.features import load_features
+
+    features = load_features(args.features)
+    report = cross_validate(features, folds=args.folds, seed=args.seed,
+                            progress=lambda line: print(line, file=sys.stderr))
+    paths = write_report(report, Path(args.out))
+    print(markdown(report))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("split", help="split a CSV manifest into gallery and query manifests by a column")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True, help="folder for gallery.csv and queries.csv")
+    p.add_argument("--by", default="photographer", help="column whose values never straddle the split")
+    p.add_argument("--query-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("features", help="cache backbone features of a labelled source (resumable)")
+    p.add_argument("source", help="folder or CSV manifest (a 'photographer' column is kept for splits)")
+    p.add_argument("--out", required=True, help="output .npz file")
+    add_model_options(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train the cell classifiers and the RRM on a feature cache -> a bundle")
+    p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--heads", default="ce,hc,mvmf", help="heads to train (default ce,hc,mvmf; SwC uses mvmf)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="auto, cpu, cuda ... (default auto)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="photographer-disjoint k-fold evaluation of every method")
+    p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval", help="folder for eval.md, eval.json and eval.png")
+    p.set_defaults(func=cmd_eval)

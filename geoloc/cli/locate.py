@@ -1,0 +1,110 @@
+"""`geoloc locate`: answers for photos, scored against the truth when they come from a CSV manifest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from geoloc.aggregation import AGGREGATORS
+from geoloc.cli.common import add_model_options, head_name, runtime_from
+
+
+def _query_items(names: list[str]):
+    """(name, image or None, truth or None, error) for each photo: CSV manifests carry truth, photos don't."""
+    from geoloc.ingest.images import ImageError, open_image, to_rgb
+    from geoloc.ingest.records import PhotoRecord
+    from geoloc.ingest.sources import iter_source
+
+    for name in names:
+        if name.lower().endswith(".csv"):
+            for record in iter_source(name):
+                if isinstance(record, PhotoRecord):
+                    yield record.source, record.image, (record.lat, record.lon), None
+                else:
+                    yield record.source, None, None, record.reason
+            continue
+        try:
+            yield name, to_rgb(open_image(Path(name).read_bytes())), None, None
+        except (OSError, ImageError) as exc:
+            yield name, None, None, getattr(exc, "strerror", None) or str(exc)
+
+
+def _batches(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cmd_locate(args) -> int:
+    from geoloc.evaluation import accuracy, errors_km
+    from geoloc.ingest.sources import count_items
+    from geoloc.locate import Locator
+
+    failures, results, errors = 0, [], []
+    with runtime_from(args) as runtime:
+        locator = Locator(runtime.embedder, runtime.gallery(), k=args.k, aggregator=args.aggregator,
+                          collections=args.collections, top_cells=args.top_cells, head=args.head)
+        locator.check_ready()
+        total = sum(count_items(Path(n)) if n.lower().endswith(".csv") else 1 for n in args.images)
+        batch_size = runtime.settings.batch_size
+        bar = tqdm(total=total, unit="photo", desc="locating", disable=total < 2 * batch_size)
+        for batch in _batches(_query_items(args.images), batch_size):
+            bar.update(len(batch))
+            for name, _, _, error in batch:
+                if error:
+                    print(f"geoloc: error: {name}: cannot use this photo ({error})", file=sys.stderr)
+                    failures += 1
+            usable = [item for item in batch if item[1] is not None]
+            answers = locator.locate([image for _, image, _, _ in usable]) if usable else []
+            for (name, _, truth, _), answer in zip(usable, answers):
+                result = {"image": name, **answer.to_dict()}
+                if truth:
+                    result["error_km"] = float(errors_km(answer.lat, answer.lon, *truth))
+                    errors.append(result["error_km"])
+                results.append(result)
+                if not args.json:
+                    _print_answer(name, answer, result.get("error_km"))
+        bar.close()
+    _print_summary(results, accuracy(errors) if errors else None, args.json)
+    return 1 if failures else 0
+
+
+def _print_summary(results: list[dict], summary: dict | None, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"answers": results, "accuracy": summary}, indent=2))
+    elif summary:
+        print("accuracy over %d photos with known location: " % summary["n"]
+              + ", ".join(f"{k} {v:.1f}%" for k, v in summary.items() if k.endswith("km") and k != "median_km")
+              + f"; median error {summary['median_km']:.0f} km")
+
+
+def _print_answer(name: str, answer, error_km: float | None = None) -> None:
+    truth = "" if error_km is None else f"  [{error_km:.1f} km from the truth]"
+    print(f"{name}: {answer.lat:.5f}, {answer.lon:.5f}  "
+          f"({answer.method}, cluster of {answer.cluster_size}/{len(answer.neighbours)}){truth}")
+    if answer.cell:
+        print(f"  cell {answer.cell['token']} p={answer.cell['probability']:.2f}  "
+              f"confidence {answer.confidence:.2f}")
+    for n in answer.neighbours[:5]:
+        print(f"  {n.similarity:6.3f}  {n.km:8.1f} km  [{n.collection}] {n.source}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("locate", help="estimate where photos were taken")
+    p.add_argument("images", nargs="+", help="photos, or CSV manifests (their lat/lon are scored)")
+    p.add_argument("--json", action="store_true", help="print answers as JSON")
+    p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
+    p.add_argument("--aggregator", default="cluster", choices=AGGREGATORS.names())
+    p.add_argument("--collections", nargs="*", help="search only these collections")
+    p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
+    p.add_argument("--head", type=head_name, help="with a bundle: its classifier (default: its own)")
+    add_model_options(p)
+    p.set_defaults(func=cmd_locate)
