@@ -86,7 +86,7 @@ def _methods(bundle, raw: Embedder, raw_gallery, swc: Embedder, rrm_gallery) -> 
 def cross_validate(features: FeatureSet, folds: int = 5, seed: int = 0, work_dir: Path | None = None,
                    progress: Callable[[str], None] = print) -> dict:
     """Per-method errors over all folds, accuracy tables and the training metrics of each fold."""
-    from geoloc.models.train import train_bundle
+    from geoloc.training import train_bundle
 
     if np.any(features.photographers == ""):
         raise ValueError("evaluation splits by photographer: the feature file needs a 'photographer' column")

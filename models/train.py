@@ -1,4 +1,4 @@
-"""Training of the heads and the RRM on cached backbone features (paper 4.2, scaled to small data).
+"""Training of the heads and the RRM on arrays of cached backbone features (paper 4.2, scaled to small data).
 
 Both trainers split validation photos BY PHOTOGRAPHER (a photographer's near-duplicate shots on both
 sides would flatter every figure), use AdamW with a cosine decay over the planned steps, stop early on
@@ -14,75 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoloc.features import FeatureSet
 from geoloc.geodesy import to_unit_vectors
 from geoloc.models.device import resolve_device
-from geoloc.models.heads import HEADS, Targets, make_head
-from geoloc.models.partition import Hierarchy, Partition, adaptive_hierarchy
+from geoloc.models.heads import Targets, make_head
+from geoloc.models.partition import Hierarchy, Partition
 from geoloc.models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
-
-PAPER_FINE_CELLS = 32768  # the paper's fine partition, for 4.5M photos
-PHOTOS_PER_FINE_CELL = 25
-
-
-def build_hierarchy(
-    lat,
-    lon,
-    *,
-    n_fine: int | None = None,
-    min_per_cell: int | None = None,
-    min_level: int = 0,
-    max_level: int = 13,
-) -> Hierarchy:
-    """Coarse/middle/fine partitions sized to the data.
-
-    Defaults: about 25 photos per fine cell (capped at the paper's 32,768 cells, ~140 photos per cell
-    at its 4.5M photos), middle and coarse 3x and 9x coarser (close to the HC paper's ratios), and
-    cells under an eighth of the mean size dropped (3 photos for a few thousand photos)."""
-    n = len(np.asarray(lat))
-    if n_fine is None:
-        n_fine = int(np.clip(n // PHOTOS_PER_FINE_CELL, 1, PAPER_FINE_CELLS))
-    if min_per_cell is None:
-        min_per_cell = max(2, round(n / n_fine / 8))
-    targets = (max(1, n_fine // 9), max(1, n_fine // 3), n_fine)
-    return adaptive_hierarchy(lat, lon, targets, min_per_cell=min_per_cell, min_level=min_level, max_level=max_level)
-
-
-def train_bundle(
-    features: FeatureSet,
-    directory,
-    *,
-    kinds=HEADS.names(),
-    preprocessing: dict | None = None,
-    seed: int = 0,
-    device: str = "auto",
-):
-    """Train the hierarchy, the heads of `kinds` and the RRM on one feature cache, with the defaults
-    above, and save them as a bundle in `directory` (returned loaded).
-
-    The default head is MvMF when trained (the paper's best with the RRM), else the first of `kinds`.
-    The backbone name is the part of the cache's model id before ':' (the Backbone's own format);
-    `preprocessing` should be the backbone's eval transform (its data config) when at hand."""
-    from geoloc.models.bundle import save_bundle  # the bundle module builds on this one
-
-    columns = (features.features, features.lat, features.lon, features.photographers)
-    hierarchy = build_hierarchy(features.lat, features.lon)
-    heads, metrics = {}, {}
-    for kind in kinds:
-        heads[kind], metrics[kind] = train_heads(*columns, hierarchy, kind, seed=seed, device=device)
-    rrm, metrics["rrm"] = train_rrm(*columns, hierarchy.fine, seed=seed, device=device)
-    backbone_name = features.model_id.split(":")[0]
-    return save_bundle(
-        directory,
-        hierarchy=hierarchy,
-        heads=heads,
-        rrm=rrm,
-        backbone_name=backbone_name,
-        backbone_model_id=features.model_id,
-        preprocessing=preprocessing or {"backbone": backbone_name, "transform": "the backbone's eval transform"},
-        metrics=metrics,
-        default_head="mvmf" if "mvmf" in heads else None,
-    )
 
 
 def train_heads(
@@ -177,7 +113,23 @@ def train_rrm(
         raise ValueError("no cell has two training photos: nothing to contrast")
     steps = epochs * math.ceil(len(sampler) / batch_size)
     opt, sched = _optimiser(rrm, lr, weight_decay, steps)
-    bank = MemoryBank(bank_size)
+    epoch_fn = _contrastive_epoch(rrm, data, sampler, MemoryBank(bank_size), (opt, sched), batch_size, tau, dev)
+    val_fn = _prototype_loss(rrm, data, seed, tau, dev)
+    stopper = _fit(rrm, epoch_fn, val_fn, epochs, patience)
+    rrm.eval()
+    metrics = {**stopper.metrics(), **data.sizes(), "val_top1": None, "val_top1_raw": None}
+    if len(data.val):
+        with torch.no_grad():
+            metrics["val_top1"] = _nn_cell_accuracy(data, lambda x: rrm(x.to(dev)).cpu())
+            metrics["val_top1_raw"] = _nn_cell_accuracy(data, lambda x: nn.functional.normalize(x, dim=-1))
+    return rrm.cpu(), metrics
+
+
+def _contrastive_epoch(
+    rrm: RRM, data: "_Data", sampler: CellPairSampler, bank: MemoryBank, optimiser, batch_size: int, tau: float, dev
+):
+    """One epoch of InfoNCE steps over the sampler's pairs (one per cell), against the memory bank."""
+    opt, sched = optimiser
 
     def batch_loss(pair) -> torch.Tensor:
         qb, pb = pair
@@ -192,7 +144,14 @@ def train_rrm(
         q, p, _ = (torch.from_numpy(a) for a in sampler.epoch())
         return _train_epoch(rrm, opt, sched, zip(q.split(batch_size), p.split(batch_size)), batch_loss)
 
+    return epoch_fn
+
+
+def _prototype_loss(rrm: RRM, data: "_Data", seed: int, tau: float, dev):
+    """The validation loss of train_rrm, or None when no validation photo's cell has a training photo."""
     reps, val_rows, val_targets = _prototype_split(data, seed)
+    if not len(val_rows):
+        return None
 
     @torch.no_grad()
     def val_fn() -> float:
@@ -204,14 +163,7 @@ def train_rrm(
 
         return _eval_in_batches(loss, torch.arange(len(val_rows)))
 
-    stopper = _fit(rrm, epoch_fn, val_fn if len(val_rows) else None, epochs, patience)
-    rrm.eval()
-    metrics = {**stopper.metrics(), **data.sizes(), "val_top1": None, "val_top1_raw": None}
-    if len(data.val):
-        with torch.no_grad():
-            metrics["val_top1"] = _nn_cell_accuracy(data, lambda x: rrm(x.to(dev)).cpu())
-            metrics["val_top1_raw"] = _nn_cell_accuracy(data, lambda x: nn.functional.normalize(x, dim=-1))
-    return rrm.cpu(), metrics
+    return val_fn
 
 
 class _Data:

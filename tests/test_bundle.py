@@ -145,7 +145,7 @@ def test_save_refuses_to_overwrite_and_leaves_nothing_behind(parts, tmp_path):
 
 def test_train_bundle_trains_every_part_and_saves_it(tmp_path):
     from geoloc.features import FeatureSet
-    from geoloc.models.train import train_bundle
+    from geoloc.training import train_bundle
 
     rng = np.random.default_rng(0)
     centres = np.array([[48.8, 2.3], [40.7, -74.0], [35.7, 139.7], [-33.9, 151.2]])
