@@ -1,65 +1,109 @@
-"""Where state lives and the knobs every entry point shares (environment variables override)."""
+"""Where state lives and the knobs every entry point shares: each field reads $GEOLOC_<FIELD> when set.
+
+A bad value stops every entry point with one line naming the variable and the problem
+(`GEOLOC_BATCH_SIZE='abc': not a valid integer`); an empty variable counts as unset.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import platformdirs
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+ENV_PREFIX = "GEOLOC_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def data_home() -> Path:
-    """All state (gallery, reports, bundles) under one directory: $GEOLOC_HOME or the user data dir."""
-    env = os.environ.get("GEOLOC_HOME")
-    home = Path(env).expanduser() if env else Path(platformdirs.user_data_dir("geoloc"))
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+class SettingsError(ValueError):
+    """A setting with a bad value; the message is one line naming the variable and the problem."""
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE | _FALSE:
+        return word in _TRUE
+    raise ValueError("not a flag: use 1/true/yes/on or 0/false/no/off")
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Count = Annotated[int, Field(ge=1)]  # a size, limit or count where zero makes no sense
 
 
-@dataclass
-class Settings:
-    home: Path = field(default_factory=data_home)
-    backbone: str = field(default_factory=lambda: os.environ.get("GEOLOC_BACKBONE", DEFAULT_BACKBONE))
-    checkpoint: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_CHECKPOINT"))
-    bundle: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_BUNDLE"))
-    device: str = field(default_factory=lambda: os.environ.get("GEOLOC_DEVICE", "auto"))
-    batch_size: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_BATCH_SIZE", "32")))
-    qdrant_url: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_QDRANT_URL"))
-    qdrant_api_key: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_QDRANT_API_KEY"))
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, validate_assignment=True)
+
+    # all state (gallery, reports, bundles, keys, jobs) lives under one directory, created on first use
+    home: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("geoloc")))
+    backbone: str = DEFAULT_BACKBONE
+    checkpoint: str | None = None
+    bundle: str | None = None
+    device: str = "auto"
+    batch_size: Count = 32
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
     # collection options, used when the server collection is created (an existing one keeps its own)
-    qdrant_shards: int | None = field(default_factory=lambda: _env_int("GEOLOC_QDRANT_SHARDS"))
-    qdrant_replication: int | None = field(default_factory=lambda: _env_int("GEOLOC_QDRANT_REPLICATION"))
-    qdrant_on_disk: bool = field(default_factory=lambda: _env_flag("GEOLOC_QDRANT_ON_DISK"))
-    qdrant_int8: bool = field(default_factory=lambda: _env_flag("GEOLOC_QDRANT_INT8"))
-    qdrant_timeout: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_QDRANT_TIMEOUT", "30")))
+    qdrant_shards: Count | None = None
+    qdrant_replication: Count | None = None
+    qdrant_on_disk: Flag = False
+    qdrant_int8: Flag = False
+    qdrant_timeout: Count = 30
     # services: with a Redis broker, jobs run on Celery workers; without one, `geoloc serve` runs them itself
-    broker_url: str | None = field(default_factory=lambda: os.environ.get("GEOLOC_BROKER_URL"))
+    broker_url: str | None = None
     # several processes on one host share the embedded gallery, one operation at a time (see gallery.shared)
-    gallery_shared: bool = field(default_factory=lambda: _env_flag("GEOLOC_GALLERY_SHARED"))
+    gallery_shared: Flag = False
     # server-side folders and CSV manifests the API may import from (os.pathsep-separated); none by default
-    import_roots: list[Path] = field(default_factory=lambda: [
-        Path(p).expanduser().resolve() for p in os.environ.get("GEOLOC_IMPORT_ROOTS", "").split(os.pathsep) if p])
+    import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # API keys: off only for a trusted loopback (every caller is then an admin)
-    require_keys: bool = field(default_factory=lambda: os.environ.get("GEOLOC_REQUIRE_KEYS", "1").strip().lower()
-                               not in {"0", "false", "no", "off"})
-    max_photo_bytes: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_MAX_PHOTO_BYTES", str(20 << 20))))
-    max_pixels: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_MAX_PIXELS", "50000000")))
-    max_batch_photos: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_MAX_BATCH_PHOTOS", "100")))
-    job_batch: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_JOB_BATCH", "64")))  # photos per task
-    task_time_limit: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_TASK_TIME_LIMIT", "900")))
-    task_retries: int = field(default_factory=lambda: int(os.environ.get("GEOLOC_TASK_RETRIES", "6")))
+    require_keys: Flag = True
+    max_photo_bytes: Count = 20 << 20
+    max_pixels: Count = 50_000_000
+    max_batch_photos: Count = 100
+    job_batch: Count = 64  # photos per task
+    task_time_limit: Count = 900  # seconds
+    task_retries: Annotated[int, Field(ge=0)] = 6
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, given=set(values))) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, given={name})) from None
+
+    @field_validator("home")
+    @classmethod
+    def _create_home(cls, home: Path) -> Path:
+        home = home.expanduser()
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create {home}: {exc.strerror}") from None
+        return home
+
+    @field_validator("import_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        return [part for part in value.split(os.pathsep) if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("import_roots")
+    @classmethod
+    def _resolve_roots(cls, roots: list[Path]) -> list[Path]:
+        resolved = [root.expanduser().resolve() for root in roots]
+        missing = [str(root) for root in resolved if not root.exists()]
+        if missing:
+            raise ValueError(f"no such file or folder: {', '.join(missing)}")
+        return resolved
 
     @property
     def gallery_dir(self) -> Path:
@@ -93,3 +137,28 @@ class Settings:
     @property
     def audit_path(self) -> Path:
         return self.home / "audit.jsonl"
+
+
+def _problem(error: dict) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}"
+    if kind in ("int_parsing", "int_type"):
+        return "not a valid integer"
+    return error["msg"][0].lower() + error["msg"][1:]
+
+
+def _describe(exc: ValidationError, given: set[str]) -> str:
+    """One line per bad field, joined: `GEOLOC_<FIELD>=<value>: <problem>` for a value read from the
+    environment, `<field>=<value>: <problem>` for one passed in code."""
+    described: dict[str, str] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        if field in described:
+            continue
+        name = field if field in given else ENV_PREFIX + field.upper()
+        value = error["input"] if field in given else os.environ.get(name, error["input"])
+        described[field] = f"{name}={value!r}: {_problem(error)}"
+    return "; ".join(described.values())
