@@ -5,18 +5,18 @@ and workers on the same host cannot each keep it open. Here every operation take
 a file beside the shard, loads the shard, runs, flushes and closes. Each operation therefore pays a
 shard load and a flush: about 0.2 s for a few thousand points and over a second at 50k, growing with
 the gallery. It keeps one host correct (tests, a small single-machine deployment); workers at scale
-share a Qdrant server instead (GEOLOC_QDRANT_URL). flock is not reliable on network file systems:
-every process must run on the host that holds the gallery directory.
+share a Qdrant server instead (GEOLOC_QDRANT_URL). The lock (filelock: flock on Unix) is not reliable
+on network file systems: every process must run on the host that holds the gallery directory.
 """
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from geoloc.gallery.base import Gallery, GalleryPoint, Hit, SearchFilter
 from geoloc.gallery.edge import EdgeGallery
@@ -31,14 +31,15 @@ class SharedEdgeGallery(Gallery):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.dim = dim
+        # each thread takes the lock through its own descriptor, so threads of one process take turns too;
+        # the lock goes with the process if it dies
+        self._lock = FileLock(self.path / LOCK_FILE)
         with self._open() as gallery:  # creates the gallery, or checks the dimension it was built with
             self.dim = gallery.dim
 
     @contextmanager
     def _open(self) -> Iterator[EdgeGallery]:
-        # a fresh open file description per call, so the lock also serialises threads of one process
-        with open(self.path / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        with self._lock:
             gallery = EdgeGallery(self.path, self.dim)
             try:
                 yield gallery

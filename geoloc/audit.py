@@ -7,16 +7,18 @@ data home never interleave lines. The photo itself, or anything derived from it,
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from filelock import FileLock
+
 
 class AuditLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = FileLock(self.path.with_name(self.path.name + ".lock"))
 
     def record(self, key_id: str, endpoint: str, collections: list[str] | None, **details) -> None:
         """`collections=None` is a search over every collection (an admin asking for none in particular)."""
@@ -25,15 +27,9 @@ class AuditLog:
                  **details}
         line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-        finally:
-            os.close(fd)  # releases the lock
-
-    def entries(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with self.path.open() as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)

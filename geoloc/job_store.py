@@ -7,15 +7,15 @@ never counts twice. `geoloc serve` without a broker keeps jobs as JSON files; wi
 
 from __future__ import annotations
 
-import fcntl
 import json
 import uuid
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
+
+from filelock import FileLock
 
 from geoloc.settings import Settings
 
@@ -99,12 +99,7 @@ class FileJobStore:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-
-    @contextmanager
-    def _locked(self):
-        with open(self.directory / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        self._lock = FileLock(self.directory / ".lock")  # one writer at a time, across threads and processes
 
     def _path(self, job_id: str) -> Path:
         return self.directory / f"{uuid.UUID(job_id)}.json"  # a job id is a UUID, never a path
@@ -123,7 +118,7 @@ class FileJobStore:
 
     def create(self, kind, collection, total, batches, owner, pre=None) -> str:
         meta = _meta(kind, collection, total, batches, owner)
-        with self._locked():
+        with self._lock:
             self._save({"meta": meta, "started": None, "outcomes": {"0": asdict(pre)} if pre else {}})
         return meta["id"]
 
@@ -132,14 +127,14 @@ class FileJobStore:
         return None if record is None else summarise(record["meta"], record["started"], record["outcomes"])
 
     def mark_started(self, job_id):
-        with self._locked():
+        with self._lock:
             record = self._load(job_id)
             if record is not None and not record["started"]:
                 record["started"] = _now()
                 self._save(record)
 
     def finish(self, job_id, batch, outcome) -> bool:
-        with self._locked():
+        with self._lock:
             record = self._load(job_id)
             if record is None or str(batch) in record["outcomes"]:
                 return False
@@ -150,7 +145,7 @@ class FileJobStore:
     def interrupt_unfinished(self, reason: str) -> int:
         """Fail every job left unfinished by a stopped server: its thread, and its queue, are gone."""
         count = 0
-        with self._locked():
+        with self._lock:
             for path in self.directory.glob("*.json"):
                 record = json.loads(path.read_text())
                 meta, outcomes = record["meta"], record["outcomes"]

@@ -9,7 +9,6 @@ request, so a revoked key stops working without a restart.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -19,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from filelock import FileLock
 
 from geoloc.names import check_collection_name
 
@@ -79,6 +80,7 @@ class ApiKey:
 class KeyStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = FileLock(self.path.with_suffix(".lock"))
         self._cache: tuple[tuple[int, int], dict[str, ApiKey]] | None = None
 
     def _read(self) -> dict[str, ApiKey]:
@@ -96,8 +98,7 @@ class KeyStore:
     def _writing(self):
         """The keys, under an exclusive lock; saved atomically (owner-readable only) when the block ends."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._lock:
             self._cache = None
             keys = dict(self._read())
             yield keys

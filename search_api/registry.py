@@ -6,17 +6,19 @@ mistyped name in an upload is refused rather than silently starting a new collec
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from filelock import FileLock
+
 
 class CollectionRegistry:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = FileLock(self.path.with_suffix(".lock"))
 
     def all(self) -> dict[str, dict]:
         try:
@@ -27,8 +29,7 @@ class CollectionRegistry:
     @contextmanager
     def _writing(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._lock:
             entries = self.all()
             yield entries
             tmp = self.path.with_suffix(".tmp")

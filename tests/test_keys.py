@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -77,6 +79,14 @@ def test_concurrent_creations_lose_no_key(store):
     for t in threads:
         t.join()
     assert len(store.list()) == 8
+
+
+def test_concurrent_processes_lose_no_key(store):
+    script = ("import sys\nfrom geoloc.keys import KeyStore\n"
+              "for _ in range(5):\n    KeyStore(sys.argv[1]).create('admin')")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(store.path)]) for _ in range(4)]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    assert len(store.list()) == 20
 
 
 def test_cli_create_list_revoke(tmp_path, monkeypatch, capsys):
