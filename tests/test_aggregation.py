@@ -64,3 +64,21 @@ def test_photographer_folds_never_split_a_photographer():
     for owner in np.unique(owners):
         assert len(set(folds[owners == owner])) == 1
     assert set(folds) == {0, 1, 2}
+
+
+def test_dbscan_labels_partition_points_as_scikit_learn_does():
+    """The min_samples=1 path (connected components within eps) against scikit-learn's DBSCAN itself."""
+    from sklearn.cluster import DBSCAN
+
+    from geoloc.aggregation import EARTH_RADIUS_KM, _dbscan_labels
+
+    rng = np.random.default_rng(0)
+    eps = 1.0 / EARTH_RADIUS_KM
+    for _ in range(300):
+        n = int(rng.integers(1, 21))
+        centre = rng.uniform([-60, -180], [60, 180])
+        points = centre + rng.normal(scale=rng.choice([0.002, 0.01, 1.0]), size=(n, 2))
+        lat, lon = np.radians(np.clip(points[:, 0], -89, 89)), np.radians((points[:, 1] + 180) % 360 - 180)
+        ours = _dbscan_labels(lat, lon, eps, 1)
+        theirs = DBSCAN(eps=eps, min_samples=1, metric="haversine").fit_predict(np.stack([lat, lon], axis=1))
+        assert np.array_equal(ours[:, None] == ours[None, :], theirs[:, None] == theirs[None, :])
