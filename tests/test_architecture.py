@@ -31,6 +31,8 @@ LAZY_EXTRAS = {
     ("geoloc.cli.service", "uvicorn"): "server",
     ("geoloc.crossval", "matplotlib"): "eval",
     ("geoloc.job_store", "redis"): "workers",
+    ("geoloc.models.clip", "open_clip"): "clip",
+    ("geoloc.models.clip", "huggingface_hub"): "clip",
     ("geoloc.search_api.errors", "kombu"): "workers",
     ("geoloc.task_queue", "celery"): "workers",
 }

