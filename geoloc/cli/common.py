@@ -33,10 +33,17 @@ def runtime_from(args: argparse.Namespace) -> Runtime:
     return Runtime(settings_from(args))
 
 
+def add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", help="image encoder: a name from `geoloc encoders`, clip:ARCH, or a timm model "
+                                           "with --checkpoint (default tf_efficientnet_lite0, or GEOLOC_BACKBONE)")
+    parser.add_argument("--checkpoint", help="local weights for the encoder: a timm checkpoint (.safetensors or a "
+                                             "torch state dict); for clip, a directory with open_clip_config.json "
+                                             "and weights, or hf-hub:ORG/REPO in the Hugging Face cache")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", help="model bundle directory (classifier + RRM); default: retrieval only")
-    parser.add_argument("--backbone", help="timm model name (default tf_efficientnet_lite0, or GEOLOC_BACKBONE)")
-    parser.add_argument("--checkpoint", help="local weights for the backbone (.safetensors or a torch state dict)")
+    add_encoder_options(parser)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--batch-size", type=int, help="photos per backbone batch")
 

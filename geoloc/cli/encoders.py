@@ -1,0 +1,48 @@
+"""`geoloc encoders`: the image encoders, their dimension, whether their weights are here and how to get them;
+`geoloc weights fetch`: the one command that downloads weights, for those who can reach the hub."""
+
+from __future__ import annotations
+
+import json
+
+from geoloc.cli.common import add_encoder_options, settings_from
+
+
+def cmd_encoders(args) -> int:
+    from geoloc.models.encoders import describe_encoders
+
+    settings = settings_from(args)
+    rows = describe_encoders(settings.backbone, settings.checkpoint)
+    if args.json:
+        print(json.dumps({"selected": settings.backbone, "encoders": [row.to_dict() for row in rows]}, indent=2))
+        return 0
+    width = max(len(row.name) for row in rows)
+    print(f"  {'encoder':<{width}}  {'dim':>5}  weights")
+    for row in rows:
+        mark = "*" if row.selected else " "
+        dim = "?" if row.dim is None else str(row.dim)
+        print(f"{mark} {row.name:<{width}}  {dim:>5}  {'present' if row.present else 'absent ':<7}  {row.summary}")
+        if not row.present:
+            print(f"  {'':<{width}}  {'':>5}  get them: {row.how}")
+    print("* selected (--backbone/--checkpoint, or GEOLOC_BACKBONE/GEOLOC_CHECKPOINT)")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from geoloc.models.encoders import fetch_weights
+
+    print(fetch_weights(args.name))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("encoders", help="image encoders: dimension, whether their weights are here, how to get them")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    add_encoder_options(p)
+    p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("weights", help="get an encoder's weights")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    fetch = verbs.add_parser("fetch", help="download an encoder's weights into the Hugging Face cache (needs the hub)")
+    fetch.add_argument("name", help="a name from `geoloc encoders`, or hf-hub:ORG/REPO (an open_clip repository)")
+    fetch.set_defaults(func=cmd_fetch)
