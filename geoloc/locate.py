@@ -3,6 +3,8 @@
 Without a model bundle: retrieval over the whole gallery, then aggregation.
 With one: Search-within-Cell (paper 3.4): the classifier's cell, the gallery's top K inside it as one
 filtered query, then aggregation; an empty cell answers the cell centre.
+Every answer carries calibrated probabilities of lying within 1, 25, 200, 750 and 2,500 km of the truth
+(geoloc.calibration), from the calibrator fitted for this model when there is one, else the default.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import numpy as np
 
 from geoloc.gallery.base import Gallery, Hit, SearchFilter
 from geoloc.aggregation import AGGREGATORS
+from geoloc.calibration import RADII_KM, CalibrationError, Calibrator, answer_signals, cell_signals, \
+    find_calibrator, uncertainty_km
 from geoloc.embedding import Embedder
 from geoloc.geodesy import haversine_km
+from geoloc.settings import Settings
 
-CONFIDENCE_RADIUS_KM = 25.0
 CANDIDATE_CELLS = 5
 
 
@@ -44,7 +48,12 @@ class Answer:
     neighbours: list[Neighbour]
     cell: dict | None = None
     candidates: list[dict] = field(default_factory=list)
-    confidence: float | None = None
+    confidence: float | None = None  # probability of lying within the locator's `within_km` of the truth
+    probabilities: dict[str, float] = field(default_factory=dict)  # {"1": p, "25": p, ... "2500": p}
+    uncertainty_km: float | None = None  # smallest radius with probability >= 0.5
+    calibration: str | None = None  # "default", or the id of the calibrator fitted for this model
+    abstained: bool = False  # confidence under the locator's min_confidence: a best guess, marked as such
+    signals: dict[str, float] = field(default_factory=dict)  # what the probabilities were computed from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,19 +62,38 @@ class Answer:
 class Locator:
     def __init__(self, embedder: Embedder, gallery: Gallery, k: int = 10, aggregator: str = "cluster",
                  collections: list[str] | None = None, top_cells: int = 1, head: str | None = None,
-                 within_cell: bool = True, **aggregator_options):
+                 within_cell: bool = True, calibrator: Calibrator | None = None,
+                 min_confidence: float | None = None, within_km: float = 25, **aggregator_options):
         """`head` picks the bundle's classifier (default: the bundle's own); `within_cell=False` searches
-        the whole gallery with the bundle's RRM embedding (retrieval without the classifier)."""
+        the whole gallery with the bundle's RRM embedding (retrieval without the classifier).
+        `calibrator` None: the one fitted for this model (the bundle's, else $GEOLOC_HOME/calibration/),
+        else the default. An answer's confidence is its probability of lying within `within_km`; under
+        `min_confidence` it is marked abstained."""
         if aggregator not in AGGREGATORS:
             raise LocateError(f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS.names())}")
         if k < 1 or top_cells < 1:
             raise LocateError("k and top_cells must be at least 1")
+        if within_km not in RADII_KM:
+            raise LocateError(f"within_km must be one of {', '.join(f'{r:g}' for r in RADII_KM)} km")
+        if min_confidence is not None and not 0 <= min_confidence <= 1:
+            raise LocateError("min_confidence must lie between 0 and 1")
+        self.calibrator = calibrator if calibrator is not None else self._find_calibrator(embedder)
+        self.within_km, self.min_confidence = within_km, min_confidence
         self.embedder, self.gallery = embedder, gallery
         self.k, self.aggregator, self.top_cells = k, aggregator, top_cells
         self.head = head
         self.within_cell = within_cell and embedder.bundle is not None
         self.collections = list(collections) if collections else None
         self.aggregator_options = aggregator_options
+
+    @staticmethod
+    def _find_calibrator(embedder: Embedder) -> Calibrator:
+        bundle = embedder.bundle
+        try:
+            return find_calibrator(embedder.model_id, embedder.bundle_id, bundle.path if bundle else None,
+                                   Settings().home)
+        except CalibrationError as err:
+            raise LocateError(f"{err}: fit it again (geoloc calibrate) or delete it") from None
 
     @property
     def method(self) -> str:
@@ -84,9 +112,21 @@ class Locator:
         vectors = self.embedder.vectors(features)
         if not self.within_cell:
             where = SearchFilter(collections=self.collections)
-            return [self._answer(self.gallery.search(v, self.k, where)) for v in vectors]
-        log_probs = self.embedder.bundle.cell_log_probs(features, head=self.head)
-        return [self._search_within_cells(v, np.exp(lp)) for v, lp in zip(vectors, log_probs)]
+            answers = [self._answer(self.gallery.search(v, self.k, where)) for v in vectors]
+        else:
+            log_probs = self.embedder.bundle.cell_log_probs(features, head=self.head)
+            answers = [self._search_within_cells(v, np.exp(lp)) for v, lp in zip(vectors, log_probs)]
+        return self._calibrate(answers)
+
+    def _calibrate(self, answers: list[Answer]) -> list[Answer]:
+        probabilities = self.calibrator.predict_answers([a.signals for a in answers])
+        for answer, row in zip(answers, probabilities):
+            answer.probabilities = {f"{r:g}": float(p) for r, p in zip(RADII_KM, row)}
+            answer.uncertainty_km = uncertainty_km(row)
+            answer.calibration = self.calibrator.id
+            answer.confidence = answer.probabilities[f"{self.within_km:g}"]
+            answer.abstained = self.min_confidence is not None and answer.confidence < self.min_confidence
+        return answers
 
     def _answer(self, hits: list[Hit], cell_weights: np.ndarray | None = None) -> Answer:
         lat = np.array([h.lat for h in hits])
@@ -96,7 +136,8 @@ class Locator:
         km = haversine_km(lat, lon, estimate.lat, estimate.lon)
         neighbours = [Neighbour(h.id, h.lat, h.lon, float(h.score), float(d), h.payload.get("collection", ""),
                                 h.payload.get("source", "")) for h, d in zip(hits, km)]
-        return Answer(estimate.lat, estimate.lon, self.method, len(estimate.support), neighbours)
+        return Answer(estimate.lat, estimate.lon, self.method, len(estimate.support), neighbours,
+                      signals=answer_signals([h.score for h in hits], km, estimate.support))
 
     def _search_within_cells(self, vector: np.ndarray, probs: np.ndarray) -> Answer:
         fine = self.embedder.bundle.hierarchy.fine
@@ -108,7 +149,7 @@ class Locator:
         top = int(order[0])
         if not hits:
             lat, lon = fine.centres[top]
-            answer = Answer(float(lat), float(lon), self.method, 0, [])
+            answer = Answer(float(lat), float(lon), self.method, 0, [], signals=answer_signals([], [], []))
         elif len(chosen) == 1:
             answer = self._answer(hits[: self.k])
         else:
@@ -119,9 +160,7 @@ class Locator:
             answer = self._answer([hits[i] for i in keep], weights[keep])
         answer.cell = self._cell(fine, top, probs)
         answer.candidates = [self._cell(fine, int(c), probs) for c in order[:CANDIDATE_CELLS]]
-        centres = np.asarray(fine.centres)
-        near = haversine_km(centres[:, 0], centres[:, 1], answer.lat, answer.lon) <= CONFIDENCE_RADIUS_KM
-        answer.confidence = float(probs[near].sum())
+        answer.signals.update(cell_signals(probs))
         return answer
 
     @staticmethod
