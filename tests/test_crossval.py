@@ -42,9 +42,17 @@ def test_every_method_is_evaluated_by_photographer_and_reported(features, tmp_pa
     assert results["densest cell (constant)"]["25km"] < 40
     for name in ("NN, backbone features", "MVMF cell centre", "SwC MVMF + RRM (K=10, DBSCAN)"):
         assert results[name]["25km"] > 80, (name, results[name])
+    # answers with signals get out-of-fold calibrated probabilities, scored; the constant answer has none
+    assert "calibrated" not in results["densest cell (constant)"]
+    for name in ("NN, backbone features", "SwC MVMF + RRM (K=10, DBSCAN)", "SwC MVMF, kde"):
+        calibrated = results[name]["calibrated"]
+        assert set(calibrated["calibration_error"]) == {"1km", "25km", "200km", "750km", "2500km"}, name
+        assert calibrated["selective"]["25km"]["100%"] == pytest.approx(results[name]["25km"]), name
+        assert abs(calibrated["mean_probability"]["25km"] - calibrated["base_rate"]["25km"]) < 0.1, name
     paths = write_report(report, tmp_path)
-    assert "SwC MVMF + RRM" in paths["markdown"].read_text()
-    assert paths["plot"].stat().st_size > 10_000
+    text = paths["markdown"].read_text()
+    assert "SwC MVMF + RRM" in text and "Confidence: calibrated probabilities" in text
+    assert paths["plot"].stat().st_size > 10_000 and paths["reliability"].stat().st_size > 10_000
 
 
 def test_features_without_photographers_are_refused(features):
