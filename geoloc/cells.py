@@ -29,3 +29,11 @@ def leaf_range(token: str) -> tuple[int, int]:
 
 def token_at_level(lat: float, lon: float, level: int) -> str:
     return s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(lat, lon)).parent(level).to_token()
+
+
+def corners(token: str) -> list[list[float]]:
+    """The four vertices of the cell with this S2 token, [[lat, lon], ...] in degrees, counter-clockwise.
+    The cell's edges are geodesics: straight lines between the corners on a flat map only approximate them."""
+    cell = s2sphere.Cell(s2sphere.CellId.from_token(token))
+    vertices = (s2sphere.LatLng.from_point(cell.get_vertex(k)) for k in range(4))
+    return [[v.lat().degrees, v.lng().degrees] for v in vertices]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
 from geoloc import __version__
 from geoloc.settings import Settings
-from geoloc.search_api import errors
+from geoloc.search_api import errors, site
 from geoloc.search_api.limits import BodyLimit, mib
-from geoloc.search_api.page import PAGE
 from geoloc.search_api.routes import collections, health, jobs, query
 from geoloc.search_api.services import Services, build_services
 
@@ -40,7 +38,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if services is None:
                 app.state.services.close()
 
-    app = FastAPI(title="geoloc", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="geoloc", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # site serves both from this install, not from a CDN
     errors.install(app)
     request_limit = settings.max_photo_bytes * settings.max_batch_photos + (1 << 20)
     app.add_middleware(BodyLimit, max_bytes=request_limit,
@@ -49,9 +48,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for module in (query, collections, jobs):
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return HTMLResponse(PAGE)
-
+    site.install(app)
     return app

@@ -38,6 +38,7 @@ class Cell(BaseModel):
     lat: float
     lon: float
     probability: float
+    corners: list[list[float]] | None = Field(None, description="The cell's four vertices, [[lat, lon], ...]")
 
 
 class LocateResponse(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.aggregation import AGGREGATORS
+from geoloc.cells import corners
 from geoloc.geodesy import haversine_km
 from geoloc.keys import ApiKey
 from geoloc.locate import Locator
@@ -64,6 +65,8 @@ def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections
                            "cell": (answer["cell"] or {}).get("token"), "confidence": answer["confidence"]}
     for n in answer["neighbours"]:
         n["photo_url"] = photo_url(n["collection"], n["id"])
+    for cell in filter(None, [answer["cell"], *answer["candidates"]]):
+        cell["corners"] = corners(cell["token"])
     return {**answer, "collections": scope, "model": svc.embedder.model_id}
 
 
