@@ -1,13 +1,17 @@
-"""Safe image decoding: bounded pixels, EXIF orientation applied, always RGB, never an exception leaks."""
+"""Safe image decoding: only the photo formats we support, bounded pixels, EXIF orientation applied, always
+RGB, never an exception leaks."""
 
 from __future__ import annotations
 
 import io
-import warnings
 
 from PIL import Image, ImageOps
 
 SUPPORTED_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+# Pillow guesses the format from the bytes, not the name: only these decoders may run (JPEG's covers the
+# MPO files many phones write). A ".jpg" holding PostScript would otherwise reach Ghostscript.
+DECODERS = ("JPEG", "PNG", "WEBP", "TIFF")
+Image.init()  # registers every plugin now: Image.open(formats=...) fails on a format not yet registered
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
@@ -16,17 +20,18 @@ class ImageError(ValueError):
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode fully (so truncation is caught here, not in the model), refusing decompression bombs."""
+    """Decode fully (so truncation is caught here, not in the model), refusing decompression bombs: more
+    than `max_pixels`, or what Pillow itself calls a bomb, before any pixel is decoded."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=DECODERS)
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError("too_many_pixels")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
+        image.load()
     except ImageError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning, when made an error
+        raise ImageError("too_many_pixels") from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise ImageError("undecodable_image") from exc
     return image
