@@ -13,7 +13,11 @@ from pathlib import Path
 from geoloc.gallery.base import Gallery, GalleryPoint, make_payload
 from geoloc.embedding import Embedder
 from geoloc.names import check_collection_name
+from geoloc.ingest.files import ReadPolicy
+from geoloc.ingest.originals import OriginalStore
 from geoloc.ingest.records import PhotoRecord, Skipped, point_id
+from geoloc.ingest.sources import iter_source
+from geoloc.settings import Settings
 
 @dataclass
 class IndexReport:
@@ -83,3 +87,12 @@ def index_records(records: Iterable[PhotoRecord | Skipped], collection: str, gal
         flush()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def index_source(path: str | Path, collection: str, gallery: Gallery, embedder: Embedder, settings: Settings,
+                 progress: Callable[[PhotoRecord | Skipped], None] | None = None) -> IndexReport:
+    """A folder, manifest or photo named on the command line (any path: the user owns the disk), each usable
+    photo copied into geoloc's store of originals, from which it is re-embedded or served later."""
+    records = iter_source(path, policy=ReadPolicy.from_settings(settings), store=OriginalStore(settings.spool_dir))
+    return index_records(records, collection, gallery, embedder, batch_size=settings.batch_size,
+                         source=str(path), progress=progress)

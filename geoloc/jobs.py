@@ -24,7 +24,9 @@ from geoloc.indexing import index_records
 from geoloc.job_store import JobStore, Outcome
 from geoloc.settings import Settings
 from geoloc.ingest import sources
-from geoloc.ingest.records import ORIGINAL, PhotoRecord, Skipped
+from geoloc.ingest.files import ReadPolicy
+from geoloc.ingest.originals import OriginalStore
+from geoloc.ingest.records import PhotoRecord, Skipped
 from geoloc.ingest.sources import SourceError, read_photo_file
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,16 @@ class JobContext:
     jobs: JobStore
 
 
-def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items: list[dict]) -> None:
+def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items: list[dict],
+                roots: list[str] | None = None) -> None:
     """Embed and upsert a batch of photos, each {"path", "source", "lat", "lon", "extra"} (no lat/lon:
-    EXIF). The original's path goes into the payload, so the photo can be re-embedded later."""
+    EXIF), reading only files that resolve inside `roots` (None: anywhere). Each usable photo is kept in
+    geoloc's store of originals, from which it can be re-embedded or served later."""
     ctx.jobs.mark_started(job_id)
-    records = (read_photo_file(i["source"], i["path"], i.get("lat"), i.get("lon"), i.get("extra"),
-                               ctx.settings.max_pixels) for i in items)
+    policy = ReadPolicy.from_settings(ctx.settings, roots)
+    store = OriginalStore(ctx.settings.spool_dir)
+    records = (read_photo_file(i["source"], i["path"], i.get("lat"), i.get("lon"), i.get("extra"), policy, store)
+               for i in items)
     report = index_records(records, collection, ctx.gallery, ctx.embedder,
                            batch_size=ctx.settings.batch_size, source=f"job {job_id}")
     outcome = Outcome(done=report.indexed)
@@ -63,20 +69,24 @@ def prune_region(ctx: JobContext, job_id: str, batch: int, collection: str, box=
     ctx.jobs.finish(job_id, batch, Outcome(done=removed, removed=removed))
 
 
-def _originals(hits: list[Hit], max_pixels: int) -> Iterator[tuple[Hit, PhotoRecord | Skipped]]:
+def _originals(hits: list[Hit], settings: Settings) -> Iterator[tuple[Hit, PhotoRecord | Skipped]]:
+    """Each photo decoded again from geoloc's own copy of its bytes (found by their digest), never from
+    a path its payload names."""
+    store = OriginalStore(settings.spool_dir)
+    policy = ReadPolicy.from_settings(settings, roots=[store.directory])
     for hit in hits:
-        extra = hit.payload.get("extra") or {}
         source = hit.payload.get("source") or hit.id
-        if not extra.get(ORIGINAL):
+        path = store.find(hit.payload.get("sha256"))
+        if path is None:
             yield hit, Skipped(source, "no_original")
             continue
-        yield hit, read_photo_file(source, extra[ORIGINAL], hit.lat, hit.lon, None, max_pixels)
+        yield hit, read_photo_file(source, path, hit.lat, hit.lon, None, policy)
 
 
 def _embeddable(ctx: JobContext, hits: list[Hit], outcome: Outcome) -> tuple[list[Hit], np.ndarray]:
     """The hits whose originals still decode, with their backbone features; the rest are skipped."""
     usable, images = [], []
-    for hit, record in _originals(hits, ctx.settings.max_pixels):
+    for hit, record in _originals(hits, ctx.settings):
         if isinstance(record, Skipped):
             outcome.skip(record.source, record.reason)
         else:
@@ -192,15 +202,19 @@ class Jobs:
         return job_id
 
     def index(self, collection: str, items: list[dict], owner: str, pre: Outcome | None = None,
-              kind: str = "upload") -> str:
-        """Photos {"path", "source", "lat", "lon", "extra"}; `pre`: those refused before queueing."""
+              kind: str = "upload", roots: Iterable[Path] | None = None) -> str:
+        """Photos {"path", "source", "lat", "lon", "extra"}, read only inside `roots` (None: anywhere);
+        `pre`: those refused before queueing."""
         total = len(items) + (pre.skipped + pre.failed if pre else 0)
-        payloads = [{"items": chunk} for chunk in _chunks(items, self.batch_size)]
+        allowed = None if roots is None else [str(root) for root in roots]
+        payloads = [{"items": chunk, "roots": allowed} for chunk in _chunks(items, self.batch_size)]
         return self._submit(kind, "geoloc.index_batch", collection, owner, total, payloads, pre)
 
-    def import_source(self, collection: str, path: Path, owner: str) -> str:
-        items, pre = plan_import(path)
-        return self.index(collection, items, owner, pre, kind="import")
+    def import_source(self, collection: str, path: Path, owner: str, roots: Iterable[Path]) -> str:
+        """A folder or manifest on the server: every file it names is read only if it lies inside `roots`."""
+        roots = [Path(root).resolve() for root in roots]
+        items, pre = plan_import(path, roots)
+        return self.index(collection, items, owner, pre, kind="import", roots=roots)
 
     def prune(self, gallery: Gallery, collection: str, owner: str, box=None, radius=None,
               unplaceable: bool = False) -> str:
@@ -233,10 +247,11 @@ def check_import_path(path: str | Path, roots: Iterable[Path]) -> Path:
     return resolved
 
 
-def plan_import(path: Path) -> tuple[list[dict], Outcome]:
-    """A folder or CSV manifest -> photo items for index_batch, and the entries refused up front."""
+def plan_import(path: Path, roots: Iterable[Path]) -> tuple[list[dict], Outcome]:
+    """A folder or CSV manifest inside `roots` -> photo items for index_batch, and the entries refused up
+    front. Where the files lead is checked when they are read, not here: a symlink may change in between."""
     items, pre = [], Outcome()
-    for entry in sources.list_entries(path):
+    for entry in sources.list_entries(path, tuple(roots)):
         if not entry.supported:
             pre.skip(entry.source, "unsupported_type")
         else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-ORIGINAL = "original"  # key, in a photo's payload `extra`, of the path to its original bytes
+ORIGINAL = "original"  # key, in a photo's payload `extra`, of its copy's name in geoloc's store (ingest.originals)
 
 # Fixed namespace: the same photo in the same collection always maps to the same point id.
 POINT_NAMESPACE = uuid.UUID("6f1b2a7e-9a53-4c1e-8a9d-3f0c5d1b7e42")

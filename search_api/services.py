@@ -1,5 +1,5 @@
 """What the API runs on, built once at startup: the runtime (model, gallery, jobs) plus keys, audit log,
-collection registry and upload spool."""
+collection registry and the store of originals."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from geoloc.audit import AuditLog
 from geoloc.embedding import Embedder
 from geoloc.gallery.base import Gallery
+from geoloc.ingest.originals import OriginalStore
 from geoloc.jobs import Jobs
 from geoloc.keys import KeyStore
 from geoloc.runtime import Runtime
 from geoloc.search_api.registry import CollectionRegistry
-from geoloc.search_api.spool import Spool
 from geoloc.settings import Settings
 
 
@@ -22,7 +22,7 @@ class Services:
     keys: KeyStore
     audit: AuditLog
     registry: CollectionRegistry
-    spool: Spool
+    originals: OriginalStore
     jobs: Jobs
 
     @property
@@ -52,4 +52,5 @@ class Services:
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     runtime = Runtime(settings, embedder)
     return Services(runtime, KeyStore(settings.keys_path), AuditLog(settings.audit_path),
-                    CollectionRegistry(settings.home / "collections.json"), Spool(settings.spool_dir), runtime.jobs())
+                    CollectionRegistry(settings.home / "collections.json"), OriginalStore(settings.spool_dir),
+                    runtime.jobs())

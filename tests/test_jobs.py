@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -99,21 +100,21 @@ def test_index_batch_redone_changes_nothing(ctx, tmp_path):
     assert ctx.gallery.count() == 5
     job = ctx.jobs.get(job_id)
     assert (job["done"], job["skipped"], job["reasons"]) == (5, 1, {"missing_file": 1})
-    originals = {h.payload["extra"][ORIGINAL] for h in ctx.gallery.scroll()}
-    assert originals == {i["path"] for i in items[:5]}
+    originals = {(ctx.settings.spool_dir / h.payload["extra"][ORIGINAL]).read_bytes() for h in ctx.gallery.scroll()}
+    assert originals == {Path(i["path"]).read_bytes() for i in items[:5]}  # geoloc's own copies
 
 
 def test_reembed_rewrites_vectors_from_originals(ctx, tmp_path):
     items = _items(tmp_path, 3)
     jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 3, 1, "k1"), 1, "news", items)
     ids = [h.id for h in ctx.gallery.scroll()]
-    os.remove(items[0]["path"])
+    os.remove(ctx.settings.spool_dir / next(ctx.gallery.scroll()).payload["extra"][ORIGINAL])
     first_model = ctx.embedder.model_id
     ctx = replace(ctx, embedder=Embedder(Backbone(pretrained="none")))  # another model: random weights
     job_id = ctx.jobs.create("reembed", "news", 3, 1, "k1")
     jobs.reembed_batch(ctx, job_id, 1, "news", ids)
     job = ctx.jobs.get(job_id)
-    assert (job["done"], job["skipped"], job["reasons"]) == (2, 1, {"missing_file": 1})
+    assert (job["done"], job["skipped"], job["reasons"]) == (2, 1, {"no_original": 1})
     second_model = ctx.embedder.model_id
     assert sorted(h.payload["model"] for h in ctx.gallery.scroll()) == sorted([first_model] + [second_model] * 2)
 

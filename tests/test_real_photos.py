@@ -88,7 +88,7 @@ def test_retrieval_beats_the_trivial_answers_at_continent_scale(indexed):
     result = geoloc(indexed, "locate", str(indexed / "split/queries.csv"), "--json")
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)["answers"]
-    queries = {r["filename"]: r for r in read(indexed / "split/queries.csv")}
+    queries = {Path(r["filename"]).name: r for r in read(indexed / "split/queries.csv")}  # named as indexed
     assert len(answers) == len(queries)
     true = np.array([[float(queries[a["image"]]["lat"]), float(queries[a["image"]]["lon"])] for a in answers])
     errors = np.array([a["error_km"] for a in answers])

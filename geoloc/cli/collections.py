@@ -11,8 +11,8 @@ from geoloc.cli.common import UserError, add_model_options, print_counts, runtim
 
 
 def cmd_index(args) -> int:
-    from geoloc.indexing import index_records
-    from geoloc.ingest.sources import count_items, iter_source
+    from geoloc.indexing import index_source
+    from geoloc.ingest.sources import count_items
     from geoloc.names import check_collection_name
 
     check_collection_name(args.collection)
@@ -20,9 +20,8 @@ def cmd_index(args) -> int:
     total = count_items(path)
     with runtime_from(args) as runtime, tqdm(total=total, unit="photo", desc="indexing") as bar:
         gallery = runtime.gallery()
-        report = index_records(iter_source(path), args.collection, gallery, runtime.embedder,
-                               batch_size=runtime.settings.batch_size, source=str(path),
-                               progress=lambda _: bar.update())
+        report = index_source(path, args.collection, gallery, runtime.embedder, runtime.settings,
+                              progress=lambda _: bar.update())
         in_collection = gallery.collections().get(args.collection, 0)
         saved = report.save(runtime.settings.reports_dir)
     print(f"indexed {report.indexed} photos into '{args.collection}' ({in_collection} in the collection) "

@@ -14,8 +14,8 @@ from fastapi.responses import FileResponse
 from geoloc.gallery.base import SearchFilter
 from geoloc.job_store import Outcome
 from geoloc.jobs import check_import_path
-from geoloc.ingest.exif_gps import GpsError, validate_coordinates
-from geoloc.ingest.records import ORIGINAL, point_id
+from geoloc.ingest.coordinates import GpsError, validate_coordinates
+from geoloc.ingest.records import point_id
 from geoloc.search_api.auth import Admin, Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
 from geoloc.search_api.routes.common import checked_name, image_id
@@ -103,7 +103,7 @@ def upload_images(svc: Svc, key: Admin, response: Response, name: str,
     pre, items, listing, seen = Outcome(), [], [], set()
     for i, upload in enumerate(photos):
         source = upload.filename or f"photo {i + 1}"
-        given = (lat[i].strip(), lon[i].strip()) if lat else ("", "")
+        given = (lat[i].strip(" \t"), lon[i].strip(" \t")) if lat else ("", "")  # as ingest.coordinates reads them
         reason, digest, path = _accept(svc, upload, given, seen)
         if reason is not None:
             pre.skip(source, reason)
@@ -112,14 +112,14 @@ def upload_images(svc: Svc, key: Admin, response: Response, name: str,
             continue
         items.append({"path": str(path), "source": source, "lat": given[0] or None, "lon": given[1] or None})
         listing.append({"filename": source, "id": point_id(name, digest), "sha256": digest, "status": "queued"})
-    job_id = svc.jobs.index(name, items, key.id, pre, kind="upload")
+    job_id = svc.jobs.index(name, items, key.id, pre, kind="upload", roots=[svc.originals.directory])
     return _accepted(svc, response, job_id, listing)
 
 
 def _accept(svc: Services, upload: UploadFile, coordinates: tuple[str, str],
             seen: set[str]) -> tuple[str | None, str | None, Path | None]:
-    """(reason it is refused or None, sha256, spooled path) of one uploaded photo. Refusals decided
-    here are those that need no decoding; the worker finds the rest."""
+    """(reason it is refused or None, sha256, stored path) of one uploaded photo. Refusals decided here
+    are those that need no decoding; the worker finds the rest."""
     if coordinates != ("", ""):
         try:
             validate_coordinates(*coordinates)
@@ -130,7 +130,7 @@ def _accept(svc: Services, upload: UploadFile, coordinates: tuple[str, str],
         return "file_too_large", None, None
     if not data:
         return "empty_file", None, None
-    digest, path = svc.spool.put(data)  # content-addressed: a duplicate takes no more room
+    digest, path = svc.originals.put(data)  # content-addressed: a duplicate takes no more room
     if digest in seen:
         return "duplicate_photo", digest, None
     seen.add(digest)
@@ -139,11 +139,13 @@ def _accept(svc: Services, upload: UploadFile, coordinates: tuple[str, str],
 
 @router.post("/{name}/imports", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
              summary="Add a server-side folder or CSV manifest, indexed by a job",
-             description="Only paths under the server's import roots (GEOLOC_IMPORT_ROOTS) are accepted.")
+             description="Only paths under the server's import roots (GEOLOC_IMPORT_ROOTS) are accepted, and "
+                         "only files that lie inside them, once every symlink is followed, are read (the "
+                         "others are skipped as `outside_import_root`).")
 def import_source(svc: Svc, key: Admin, response: Response, name: str, body: ImportRequest):
     _require(svc, name)
     path = check_import_path(body.path, svc.settings.import_roots)
-    return _accepted(svc, response, svc.jobs.import_source(name, path, key.id))
+    return _accepted(svc, response, svc.jobs.import_source(name, path, key.id, svc.settings.import_roots))
 
 
 @router.delete("/{name}/images/{image}", response_model=Deleted, responses=NOT_FOUND,
@@ -156,15 +158,17 @@ def delete_image(svc: Svc, _: Admin, name: str, image: str):
 
 
 @router.get("/{name}/images/{image}/photo", response_class=FileResponse, responses=NOT_FOUND,
-            summary="The original of a reference photo (evidence of an answer)")
+            summary="The original of a reference photo (evidence of an answer)",
+            description="Served from geoloc's own copy, kept when the photo was indexed.")
 def get_photo(svc: Svc, key: Caller, name: str, image: str):
     key.scope([checked_name(name)])
     hits = svc.gallery().retrieve([image_id(name, image)])
     if not hits or hits[0].payload.get("collection") != name:
         raise ApiError(404, "no_photo", f"collection '{name}' holds no photo {image}")
-    original = (hits[0].payload.get("extra") or {}).get(ORIGINAL)
-    if not original or not Path(original).is_file():
-        raise ApiError(404, "no_original", "this photo's original is not stored on the server")
+    original = svc.originals.find(hits[0].payload.get("sha256"))
+    if original is None:
+        raise ApiError(404, "no_original", "geoloc holds no copy of this photo's original (indexed before "
+                                           "copies were kept, or removed since)")
     media_type = mimetypes.guess_type(hits[0].payload.get("source", ""))[0] or "application/octet-stream"
     return FileResponse(original, media_type=media_type)
 
