@@ -31,6 +31,10 @@ class GalleryError(RuntimeError):
     """A gallery operation that a user can act on (wrong model, unreachable server, bad dimension)."""
 
 
+class NoGallery(GalleryError):
+    """Opening, without a dimension, a gallery that does not exist yet."""
+
+
 def make_payload(collection: str, lat: float, lon: float, source: str, model_id: str, sha256: str,
                  extra: dict | None = None, bundle_id: str | None = None) -> dict:
     """`model` names what made the vector (the gallery refuses others); `bundle` the model bundle, if any."""

@@ -38,7 +38,7 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
-from geoloc.gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, SearchFilter, float_bounds
+from geoloc.gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter, float_bounds
 from geoloc.gallery.qdrant_base import QdrantGallery
 
 META_FILE = "gallery.json"
@@ -112,7 +112,7 @@ class EdgeGallery(QdrantGallery):
                                    f"use the model it was built with, or index into a new gallery")
             return stored
         if dim is None:
-            raise GalleryError(f"there is no gallery at {self.path} yet: index some photos first")
+            raise NoGallery(f"there is no gallery at {self.path} yet: index some photos first")
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = meta.with_suffix(".tmp")
         tmp.write_text(json.dumps({"dim": int(dim), "vector": VECTOR_NAME, "distance": "cosine"}))

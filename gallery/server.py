@@ -13,8 +13,8 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from geoloc.gallery.base import (PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, SearchFilter,
-                                 float_bounds)
+from geoloc.gallery.base import (PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, NoGallery,
+                                 SearchFilter, float_bounds)
 from geoloc.gallery.qdrant_base import QdrantGallery
 
 RESCORE = models.QuantizationSearchParams(rescore=True, oversampling=2.0)
@@ -99,7 +99,7 @@ class ServerGallery(QdrantGallery):
         self._client = _Guarded(client, url or path or location)
         if not self._client.collection_exists(collection):
             if dim is None:
-                raise GalleryError(f"there is no gallery collection '{collection}' at {url or path or location} "
+                raise NoGallery(f"there is no gallery collection '{collection}' at {url or path or location} "
                                    f"yet: index some photos first")
             self._create(dim, shard_number, replication_factor, on_disk, int8_quantization)
         config = self._client.get_collection(collection).config

@@ -31,11 +31,23 @@ def for_process(settings: Settings, process_index: int | None = None) -> Setting
     return settings.model_copy(update=update)
 
 
+def encoder_settings(settings: Settings) -> dict:
+    """The settings that choose a model: recorded with its gallery store, so another process (or a switch
+    after a re-embed) can build the same model again."""
+    return {"backbone": settings.backbone, "checkpoint": settings.checkpoint, "bundle": settings.bundle}
+
+
 class Runtime:
-    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+    """`follow_serving`: use the model that serves the gallery's queries (it changes when a re-embed
+    completes) rather than the one the settings name, whenever the gallery knows how to build it. The API,
+    the workers and plain CLI commands follow; a command given a model on its command line does not."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None, follow_serving: bool = True):
         self.settings = settings
-        self._embedder = embedder
-        self._gallery: Gallery | None = None
+        self.follow_serving = follow_serving
+        self._own = embedder
+        self._embedders: dict[str, Embedder] = {}
+        self._galleries: dict[str, Gallery] = {}
         self._store: JobStore | None = None
         self._runner: Runner | None = None
         self._lock = threading.RLock()
@@ -43,23 +55,52 @@ class Runtime:
     @property
     def embedder(self) -> Embedder:
         with self._lock:
-            if self._embedder is None:
-                self._embedder = Embedder.from_settings(self.settings)
-            return self._embedder
+            if self._own is None:
+                self._own = Embedder.from_settings(self.settings)
+            serving = self._stores().serving() if self.follow_serving else None
+            if serving is None or serving == self._own.model_id:
+                return self._own
+            return self._embedder_for(serving)
+
+    def _stores(self):
+        from geoloc.gallery.stores import ModelStores
+
+        return ModelStores(self.settings.gallery_dir)
+
+    def _embedder_for(self, model_id: str) -> Embedder:
+        """The serving model, built from the encoder settings recorded with its store (once)."""
+        if model_id not in self._embedders:
+            spec = self._stores().encoder_of(model_id)
+            if not spec:
+                log.warning("the gallery serves model %s, whose settings it does not record: using %s",
+                            model_id, self._own.model_id)
+                return self._own
+            embedder = Embedder.from_settings(self.settings.model_copy(update=spec))
+            if embedder.model_id != model_id:
+                log.warning("the recorded settings of %s now build %s: using %s", model_id, embedder.model_id,
+                            self._own.model_id)
+                return self._own
+            self._embedders[model_id] = embedder
+        return self._embedders[model_id]
 
     def gallery(self) -> Gallery:
-        """Opened on first use for this runtime's model; not kept when opening fails, so the next call
-        tries again (a worker started before Qdrant comes good)."""
+        """The store of the current model, opened on first use; not kept when opening fails, so the next
+        call tries again (a worker started before Qdrant comes good)."""
         with self._lock:
-            if self._gallery is None:
-                self._gallery = self.open_gallery(dim=self.embedder.dim)
-            return self._gallery
+            embedder = self.embedder
+            if embedder.model_id not in self._galleries:
+                from geoloc.gallery.open import open_gallery
 
-    def open_gallery(self, dim: int | None = None) -> Gallery:
-        """A gallery handle of its own, for commands that need no model (dim None: whatever it holds)."""
+                spec = encoder_settings(self.settings) if embedder is self._own else None
+                self._galleries[embedder.model_id] = open_gallery(self.settings, embedder.dim, embedder.model_id,
+                                                                  spec)
+            return self._galleries[embedder.model_id]
+
+    def open_gallery(self) -> Gallery:
+        """A handle of its own on the store serving queries, for commands that need no model."""
         from geoloc.gallery.open import open_gallery
 
-        return open_gallery(self.settings, dim=dim)
+        return open_gallery(self.settings)
 
     def job_store(self) -> JobStore:
         with self._lock:
@@ -97,9 +138,9 @@ class Runtime:
         with self._lock:
             if self._runner is not None:
                 self._runner.close()
-            if self._gallery is not None:
-                self._gallery.close()
-            self._runner = self._gallery = None
+            for gallery in self._galleries.values():
+                gallery.close()
+            self._runner, self._galleries = None, {}
 
     def __enter__(self) -> Runtime:
         return self

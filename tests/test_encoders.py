@@ -190,5 +190,8 @@ def test_index_and_locate_real_photos_with_the_tiny_clip(encoder, tiny, tmp_path
     for answer in located["answers"]:
         assert len(answer["neighbours"]) == 3 and answer["error_km"] >= 0
 
-    assert main(["locate", str(queries)]) == 2  # the default encoder: another model, refused
-    assert "32-d" in capsys.readouterr().err
+    # the default encoder, named: its own store holds nothing; unnamed, the gallery answers with the tiny CLIP
+    assert main(["locate", str(queries), "--backbone", "tf_efficientnet_lite0"]) == 2
+    assert "holds no photos yet" in capsys.readouterr().err
+    assert main(["locate", str(queries), "--json", "-k", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["answers"][0]["neighbours"][0]["collection"] == "dev"

@@ -30,7 +30,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def runtime_from(args: argparse.Namespace) -> Runtime:
-    return Runtime(settings_from(args))
+    """A model named on the command line is used as named; otherwise the gallery's serving model."""
+    named = any(getattr(args, option, None) for option in ("bundle", "backbone", "checkpoint"))
+    return Runtime(settings_from(args), follow_serving=not named)
 
 
 def add_encoder_options(parser: argparse.ArgumentParser) -> None:
