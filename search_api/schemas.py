@@ -18,6 +18,17 @@ NEIGHBOUR_EXAMPLE = {"id": "5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4", "lat": 48.858
                      "photo_url": "/v1/collections/news/images/5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4/photo"}
 
 
+class Place(BaseModel):
+    """The nearest populated place to a point (GeoNames, offline)."""
+
+    name: str
+    region: str = Field("", description="First-level division (state, province ...); empty where unknown")
+    country_code: str = Field(description="ISO 3166-1 alpha-2")
+    country: str
+    label: str = Field(description="'name, region, country code': the parts that are known")
+    km: float = Field(description="Great-circle distance from the point to the place")
+
+
 class Neighbour(BaseModel):
     """A located reference photo, evidence for the answer."""
 
@@ -31,6 +42,7 @@ class Neighbour(BaseModel):
     collection: str
     source: str = Field(description="Where the photo came from (its file name)")
     photo_url: str = Field(description="The original photo, for keys that may read its collection")
+    place: Place | None = Field(None, description="The nearest populated place to the photo")
 
 
 class Cell(BaseModel):
@@ -39,6 +51,7 @@ class Cell(BaseModel):
     lon: float
     probability: float
     corners: list[list[float]] | None = Field(None, description="The cell's four vertices, [[lat, lon], ...]")
+    place: Place | None = Field(None, description="The nearest populated place to the cell's centre")
 
 
 class LocateResponse(BaseModel):
@@ -58,6 +71,15 @@ class LocateResponse(BaseModel):
     neighbours: list[Neighbour]
     collections: list[str] | None = Field(description="Collections searched; null: every collection")
     model: str = Field(description="Embedding model of the query and the gallery")
+    place: Place | None = Field(None, description="The nearest populated place to the answer")
+    probabilities: dict[str, float] | None = Field(
+        None, description="Calibrated probability that the answer lies within 1, 25, 200, 750 and 2500 km of "
+                          "where the photo was taken, keyed by radius in km", examples=[
+                              {"1": 0.08, "25": 0.41, "200": 0.63, "750": 0.78, "2500": 0.91}])
+    uncertainty_km: float | None = Field(None, description="The smallest of those radii with probability >= 0.5; "
+                                                           "null when none reaches it")
+    abstained: bool | None = Field(None, description="True when the confidence is under the minimum asked for: "
+                                                     "the answer is a best guess")
 
 
 class SimilarResponse(BaseModel):

@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const view = createMap($("map"));
 let photo = null;
 let thumbnails = new Map();
+let settingsOpenedForKey = false; // opened because no key was stored: closed again once an answer comes
 
 const headers = () => {
   const key = $("key").value.trim();
@@ -56,6 +57,7 @@ async function locate() {
     }
     status("");
     show(body);
+    if (settingsOpenedForKey) $("settings").open = settingsOpenedForKey = false;
   } catch (error) {
     status(`The server could not be reached: ${error.message}`, "error");
   } finally {
@@ -83,24 +85,26 @@ function showVerdict(answer) {
 }
 
 function showFacts(answer) {
-  const facts = [coordinates(answer.lat, answer.lon)];
+  const facts = answer.place ? [coordinates(answer.lat, answer.lon)] : [];
   if (typeof answer.uncertainty_km === "number") facts.push(`± ${km(answer.uncertainty_km)}`);
   if (answer.abstained) facts.push("best guess only");
   const neighbours = answer.neighbours || [];
   if (neighbours.length) facts.push(`${answer.cluster_size} of ${neighbours.length} similar photos agree`);
   $("facts").textContent = facts.join(" · ");
   $("probabilities").replaceChildren(...probabilities(answer).map(([radius, p]) => el("li", {},
-    el("span", { class: "radius" }, `≤ ${km(radius)}`),
+    el("span", { class: "radius" }, `≤ ${radius.toLocaleString("en")} km`),
     el("span", { class: "bar" }, el("span", { style: `width: ${Math.round(p * 100)}%` })),
     el("span", { class: "share" }, percent(p)))));
 }
 
-function showCells(answer) {
+function showCells(answer, polygons) {
   const cells = answer.candidates || [];
   $("cells-title").hidden = cells.length === 0;
-  $("cells").replaceChildren(...cells.map((cell) => el("li", {},
-    el("span", { class: "share" }, percent(cell.probability)),
-    el("span", {}, placeLabel(cell.place, cell.lat, cell.lon)))));
+  $("cells").replaceChildren(...cells.map((cell, i) => el("li", {}, el("button", {
+    type: "button", class: "cell-row", disabled: !polygons[i],
+    onclick: () => view.map.fitBounds(polygons[i].getBounds().pad(0.1), { animate: false }),
+  }, el("span", { class: "share" }, percent(cell.probability)),
+  el("span", {}, placeLabel(cell.place, cell.lat, cell.lon))))));
 }
 
 function showNeighbours(answer, pins) {
@@ -111,7 +115,7 @@ function showNeighbours(answer, pins) {
     thumbnail(n.photo_url).then((url) => url && (image.src = url));
     const distance = n.km === null || n.km === undefined ? "" : ` · ${km(n.km)} away`;
     return el("li", {}, el("button", { type: "button", class: "neighbour", onclick: () => {
-      view.map.setView(pins[i].getLatLng(), Math.max(view.map.getZoom(), 6));
+      view.map.setView(pins[i].getLatLng(), Math.max(view.map.getZoom(), 6), { animate: false });
       pins[i].openPopup();
     } }, image, el("span", { class: "who" },
       el("strong", {}, placeLabel(n.place, n.lat, n.lon)),
@@ -127,9 +131,9 @@ function show(answer) {
   $("place").textContent = where;
   $("place").title = country(answer.place);
   showFacts(answer);
-  showCells(answer);
   const caption = words ? `${where}: ${words.text.toLowerCase()}` : where;
-  const pins = showAnswer(view, answer, thumbnail, caption);
+  const { pins, cells } = showAnswer(view, answer, thumbnail, caption);
+  showCells(answer, cells);
   showNeighbours(answer, pins);
   $("answer").hidden = false;
   document.body.dataset.answered = "true";
@@ -137,7 +141,7 @@ function show(answer) {
 
 function listen() {
   $("key").value = localStorage.getItem(KEY_STORAGE) || "";
-  if (!$("key").value) $("settings").open = true;
+  if (!$("key").value) $("settings").open = settingsOpenedForKey = true;
   $("key").addEventListener("input", () => localStorage.setItem(KEY_STORAGE, $("key").value.trim()));
   $("photo").addEventListener("change", () => choose($("photo").files[0]));
   $("again").addEventListener("click", locate);

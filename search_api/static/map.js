@@ -25,6 +25,7 @@ export function createMap(element) {
     element.classList.add("online");
   });
   legend().addTo(map);
+  map.createPane("answer").style.zIndex = 650; // above the photo pins, below popups
   return { map, layers: L.layerGroup().addTo(map) };
 }
 
@@ -53,16 +54,18 @@ function unwrapped(corners) {
   return corners.map(([lat, lon]) => [lat, lon + 360 * Math.round((first - lon) / 360)]);
 }
 
+/** One polygon per candidate that has corners (null for one that has none), shaded by probability. */
 function drawCells(layers, candidates) {
   const top = Math.max(...candidates.map((c) => c.probability), 1e-9);
-  for (const cell of candidates.filter((c) => Array.isArray(c.corners) && c.corners.length >= 3)) {
+  return candidates.map((cell) => {
+    if (!Array.isArray(cell.corners) || cell.corners.length < 3) return null;
     const share = cell.probability / top;
-    L.polygon(unwrapped(cell.corners), {
-      color: CELL, weight: 1.2, opacity: 0.35 + 0.5 * share, fillColor: CELL, fillOpacity: 0.08 + 0.37 * share,
+    return L.polygon(unwrapped(cell.corners), {
+      color: CELL, weight: 1.5, opacity: 0.3 + 0.5 * share, fillColor: CELL, fillOpacity: 0.04 + 0.22 * share,
       className: "cell",
     }).bindTooltip(`${percent(cell.probability)} · ${placeLabel(cell.place, cell.lat, cell.lon)}`, { sticky: true })
       .addTo(layers);
-  }
+  });
 }
 
 function photoPin(neighbour, thumbnail) {
@@ -81,13 +84,13 @@ function photoPin(neighbour, thumbnail) {
     neighbour.lat, neighbour.lon) }).bindPopup(popup, { maxWidth: 260, minWidth: 200 });
 }
 
-/** Draw `answer` and fit the view to it; returns the neighbours' markers, in the answer's order. */
+/** Draw `answer` and fit the view to it; returns the neighbours' markers and the candidates' polygons,
+ *  each in the answer's order. */
 export function showAnswer(view, answer, thumbnail, caption) {
   const { map, layers } = view;
   layers.clearLayers();
   const bounds = L.latLngBounds([[answer.lat, answer.lon]]);
-  const candidates = answer.candidates || [];
-  drawCells(layers, candidates);
+  const cells = drawCells(layers, answer.candidates || []);
   if (typeof answer.uncertainty_km === "number" && answer.uncertainty_km > 0) {
     const circle = L.circle([answer.lat, answer.lon], { radius: answer.uncertainty_km * 1000, color: ANSWER,
       weight: 2, dashArray: "6 5", fillColor: ANSWER, fillOpacity: 0.08, interactive: false }).addTo(layers);
@@ -96,8 +99,10 @@ export function showAnswer(view, answer, thumbnail, caption) {
   const pins = (answer.neighbours || []).map((n) => photoPin(n, thumbnail).addTo(layers));
   pins.forEach((pin) => bounds.extend(pin.getLatLng()));
   L.circleMarker([answer.lat, answer.lon], { radius: 9, color: "#fff", weight: 3, fillColor: ANSWER,
-    fillOpacity: 1, className: "answer-marker" })
+    fillOpacity: 1, className: "answer-marker", pane: "answer" })
     .bindTooltip(caption, { direction: "top", offset: [0, -8] }).addTo(layers);
-  map.fitBounds(bounds.pad(0.15), { maxZoom: 11, animate: false });
-  return pins;
+  // with country outlines only, closer than a country's scale would show nothing but one colour
+  const online = map.getContainer().classList.contains("online");
+  map.fitBounds(bounds.pad(0.15), { maxZoom: online ? 12 : 5, animate: false });
+  return { pins, cells };
 }
