@@ -10,7 +10,7 @@ and deletes are idempotent) but never counts twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +36,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobContext:
-    """What a task needs; built once per worker process (or shared with the API when in-process)."""
+    """What a task needs: the serving model and its gallery store, the job store, and a way to reach
+    another model's context (`for_model(encoder settings)`) for re-embedding into it."""
 
     settings: Settings
     embedder: Embedder
     gallery: Gallery
     jobs: JobStore
+    for_model: Callable[[dict], JobContext] | None = None
 
 
 def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items: list[dict],
@@ -84,7 +86,7 @@ def _originals(hits: list[Hit], settings: Settings) -> Iterator[tuple[Hit, Photo
 
 
 def _embeddable(ctx: JobContext, hits: list[Hit], outcome: Outcome) -> tuple[list[Hit], np.ndarray]:
-    """The hits whose originals still decode, with their backbone features; the rest are skipped."""
+    """The hits whose originals still decode, with their features under ctx's model; the rest are skipped."""
     usable, images = [], []
     for hit, record in _originals(hits, ctx.settings):
         if isinstance(record, Skipped):
@@ -114,17 +116,36 @@ def prune_unplaceable(ctx: JobContext, job_id: str, batch: int, collection: str,
     ctx.jobs.finish(job_id, batch, outcome)
 
 
-def reembed_batch(ctx: JobContext, job_id: str, batch: int, collection: str, ids: list[str]) -> None:
-    """Embed these photos again, from their originals, with the current model (after a new bundle)."""
+def reembed_batch(ctx: JobContext, job_id: str, batch: int, collection: str, ids: list[str],
+                  target: dict | None = None) -> None:
+    """Embed these photos of the serving store again, from their originals: into the store of the `target`
+    model (its encoder settings) while the serving one keeps answering, or in place (after a new bundle of
+    the same backbone). Queries switch to the target once its store holds every photo (switch_when_complete)."""
     ctx.jobs.mark_started(job_id)
+    into = ctx if target is None else ctx.for_model(target)
     outcome = Outcome()
-    hits, features = _embeddable(ctx, ctx.gallery.retrieve(ids), outcome)
+    hits, features = _embeddable(into, ctx.gallery.retrieve(ids), outcome)
     if hits:
-        vectors = ctx.embedder.vectors(features)
-        made_by = {"model": ctx.embedder.model_id, "bundle": ctx.embedder.bundle_id}
-        ctx.gallery.upsert([GalleryPoint(h.id, v, {**h.payload, **made_by}) for h, v in zip(hits, vectors)])
+        vectors = into.embedder.vectors(features)
+        made_by = {"model": into.embedder.model_id, "bundle": into.embedder.bundle_id}
+        into.gallery.upsert([GalleryPoint(h.id, v, {**h.payload, **made_by}) for h, v in zip(hits, vectors)])
         outcome.done = len(hits)
     ctx.jobs.finish(job_id, batch, outcome)
+    if target is not None and (ctx.jobs.get(job_id) or {}).get("state") == "succeeded":
+        switch_when_complete(ctx, into)
+
+
+def switch_when_complete(serving: JobContext, candidate: JobContext) -> bool:
+    """Make the candidate model serve queries once its store holds every photo of every collection the
+    serving store holds (a photo whose original is gone keeps the switch waiting: re-index or prune it)."""
+    from geoloc.gallery.stores import ModelStores
+
+    held, filled = serving.gallery.collections(), candidate.gallery.collections()
+    if any(filled.get(name, 0) < count for name, count in held.items()):
+        return False
+    ModelStores(serving.settings.gallery_dir).switch(candidate.embedder.model_id)
+    log.info("queries now use model %s", candidate.embedder.model_id)
+    return True
 
 
 TASKS = {
@@ -162,14 +183,23 @@ class Runner(Protocol):
 
 
 class InProcessRunner:
-    """Runs tasks one at a time on a thread of this process: `geoloc serve` with no broker."""
+    """Runs tasks one at a time on a thread of this process: `geoloc serve` with no broker. `context` is
+    asked for each task, so a task runs with the model that serves when it starts."""
 
-    def __init__(self, ctx: JobContext):
-        self.ctx = ctx
+    def __init__(self, context: Callable[[], JobContext], store: JobStore):
+        self.context, self.store = context, store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoloc-jobs")
 
     def submit(self, task: str, kwargs: dict) -> None:
-        self._pool.submit(run_task, self.ctx, task, kwargs)
+        self._pool.submit(self._run, task, kwargs)
+
+    def _run(self, task: str, kwargs: dict) -> None:
+        try:
+            ctx = self.context()
+        except GalleryError as exc:  # the gallery cannot be opened: the batch fails and says why
+            give_up(self.store, kwargs, "gallery_error", str(exc))
+            return
+        run_task(ctx, task, kwargs)
 
     def close(self) -> None:
         """Finish the running batch, drop the queued ones (marked failed at the next start)."""
@@ -227,9 +257,10 @@ class Jobs:
         payloads = [{"ids": chunk} for chunk in _chunks(ids, self.batch_size)]
         return self._submit("prune", "geoloc.prune_unplaceable", collection, owner, len(ids), payloads)
 
-    def reembed(self, gallery: Gallery, collection: str, owner: str) -> str:
+    def reembed(self, gallery: Gallery, collection: str, owner: str, target: dict | None = None) -> str:
+        """`target`: the encoder settings of another model to fill the store of (None: the serving model)."""
         ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=[collection]))]
-        payloads = [{"ids": chunk} for chunk in _chunks(ids, self.batch_size)]
+        payloads = [{"ids": chunk, "target": target} for chunk in _chunks(ids, self.batch_size)]
         return self._submit("reembed", "geoloc.reembed_batch", collection, owner, len(ids), payloads)
 
 

@@ -7,6 +7,7 @@ collections never loads a model, and an API started while a Qdrant server is dow
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -50,6 +51,7 @@ class Runtime:
         self._galleries: dict[str, Gallery] = {}
         self._store: JobStore | None = None
         self._runner: Runner | None = None
+        self._pinned: dict[str, Embedder] = {}  # encoder settings -> the model they build
         self._lock = threading.RLock()
 
     @property
@@ -88,13 +90,15 @@ class Runtime:
         call tries again (a worker started before Qdrant comes good)."""
         with self._lock:
             embedder = self.embedder
-            if embedder.model_id not in self._galleries:
-                from geoloc.gallery.open import open_gallery
+            return self._gallery_for(embedder, encoder_settings(self.settings) if embedder is self._own else None)
 
-                spec = encoder_settings(self.settings) if embedder is self._own else None
-                self._galleries[embedder.model_id] = open_gallery(self.settings, embedder.dim, embedder.model_id,
-                                                                  spec)
-            return self._galleries[embedder.model_id]
+    def _gallery_for(self, embedder: Embedder, encoder: dict | None) -> Gallery:
+        """One handle per model's store in this process (an embedded store admits one opener)."""
+        if embedder.model_id not in self._galleries:
+            from geoloc.gallery.open import open_gallery
+
+            self._galleries[embedder.model_id] = open_gallery(self.settings, embedder.dim, embedder.model_id, encoder)
+        return self._galleries[embedder.model_id]
 
     def open_gallery(self) -> Gallery:
         """A handle of its own on the store serving queries, for commands that need no model."""
@@ -109,7 +113,19 @@ class Runtime:
             return self._store
 
     def job_context(self) -> JobContext:
-        return JobContext(self.settings, self.embedder, self.gallery(), self.job_store())
+        return JobContext(self.settings, self.embedder, self.gallery(), self.job_store(), self.context_for_model)
+
+    def context_for_model(self, encoder: dict) -> JobContext:
+        """The job context of the model these encoder settings build (a re-embed's target); its model is
+        loaded once and is the one queries use if it comes to serve."""
+        settings = self.settings.model_copy(update=encoder)
+        key = json.dumps(encoder, sort_keys=True)
+        with self._lock:
+            if key not in self._pinned:
+                embedder = Embedder.from_settings(settings)
+                self._pinned[key] = self._embedders.setdefault(embedder.model_id, embedder)
+            embedder = self._pinned[key]
+            return JobContext(settings, embedder, self._gallery_for(embedder, encoder), self.job_store())
 
     def runner(self) -> Runner:
         """Celery workers through the broker when one is set, else a thread of this process."""
@@ -129,7 +145,7 @@ class Runtime:
             "duplicated)")
         if interrupted:
             log.warning("%d unfinished jobs from a previous run marked failed", interrupted)
-        return InProcessRunner(self.job_context())
+        return InProcessRunner(self.job_context, self.job_store())
 
     def jobs(self) -> Jobs:
         return Jobs(self.job_store(), self.runner(), self.settings.job_batch)

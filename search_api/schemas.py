@@ -120,6 +120,23 @@ class ImportRequest(BaseModel):
                                   "under one of the server's import roots (GEOLOC_IMPORT_ROOTS)")
 
 
+class EncoderChoice(BaseModel):
+    model_config = _example({"backbone": "clip", "checkpoint": "/imports/models/clip-vit-b-32"})
+    backbone: str = Field("tf_efficientnet_lite0", max_length=200,
+                          description="An encoder name from `geoloc encoders` (or a timm model with a checkpoint)")
+    checkpoint: str | None = Field(None, max_length=4096,
+                                   description="Its weights on the server, under one of the import roots")
+    bundle: str | None = Field(None, max_length=4096,
+                               description="A model bundle directory on the server, under one of the import roots")
+
+
+class ReembedRequest(BaseModel):
+    encoder: EncoderChoice | None = Field(
+        None, description="Another model to embed the collection with, into its own store while the serving "
+                          "model keeps answering; queries switch once that store holds every photo. Without it, "
+                          "the collection is embedded again in place with the serving model.")
+
+
 class Box(BaseModel):
     south: float = Field(ge=-90, le=90)
     west: float = Field(ge=-180, le=180)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from geoloc.cli import collections, encoders, keys, learning, locate, service
+from geoloc.cli import collections, encoders, keys, learning, locate, models, service
 from geoloc.cli.common import USER_ERRORS
 
-COMMAND_GROUPS = (collections, locate, learning, encoders, service, keys)
+COMMAND_GROUPS = (collections, locate, learning, encoders, models, service, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,11 +61,11 @@ def cmd_prune(args) -> int:
         gallery, store = runtime.gallery(), runtime.job_store()
         if args.collection not in gallery.collections():
             raise UserError(f"no collection named '{args.collection}'")
-        runner = InProcessRunner(runtime.job_context())  # the command holds the gallery: it runs the job itself
+        runner = InProcessRunner(runtime.job_context, store)  # the command holds the gallery: it runs the job itself
         try:
             job_id = Jobs(store, runner, runtime.settings.job_batch).prune(
                 gallery, args.collection, "cli", box=args.box, radius=args.radius, unplaceable=args.unplaceable)
-            job = _follow(store, job_id)
+            job = follow_job(store, job_id, "pruning")
         finally:
             runner.close()
     print(f"removed {job['removed']} of {job['total']} photos checked in '{args.collection}'"
@@ -74,9 +74,9 @@ def cmd_prune(args) -> int:
     return 0 if job["state"] == "succeeded" else 1
 
 
-def _follow(store, job_id: str) -> dict:
+def follow_job(store, job_id: str, desc: str) -> dict:
     """Show a job's progress until it ends; its final record."""
-    with tqdm(total=store.get(job_id)["total"], unit="photo", desc="pruning") as bar:
+    with tqdm(total=store.get(job_id)["total"], unit="photo", desc=desc) as bar:
         while (job := store.get(job_id))["state"] not in ("succeeded", "failed"):
             bar.n = job["done"] + job["skipped"] + job["failed"]
             bar.refresh()

@@ -27,6 +27,7 @@ from geoloc.search_api.schemas import (
     JobAccepted,
     NewCollection,
     PruneRequest,
+    ReembedRequest,
 )
 from geoloc.search_api.services import Services
 
@@ -187,9 +188,17 @@ def prune(svc: Svc, key: Admin, response: Response, name: str, body: Annotated[P
 
 
 @router.post("/{name}/reembed", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
-             summary="Embed a collection again with the current model, from its stored originals",
-             description="After switching to a new model bundle: the gallery holds one model's embeddings, "
-                         "so re-embed every collection before searching again.")
-def reembed(svc: Svc, key: Admin, response: Response, name: str):
+             summary="Embed a collection again, from its stored originals: in place, or with another model",
+             description="With an encoder: the photos are embedded by that model into its own store while the "
+                         "serving model keeps answering; queries switch to it once its store holds every photo "
+                         "of every collection. Without one: again in place with the serving model.")
+def reembed(svc: Svc, key: Admin, response: Response, name: str,
+            request: Annotated[ReembedRequest | None, Body()] = None):
     _require(svc, name)
-    return _accepted(svc, response, svc.jobs.reembed(svc.gallery(), name, key.id))
+    target = None
+    if request is not None and request.encoder is not None:
+        target = request.encoder.model_dump()
+        for option in ("checkpoint", "bundle"):  # server files: only from where imports may read
+            if target[option]:
+                target[option] = str(check_import_path(target[option], svc.settings.import_roots))
+    return _accepted(svc, response, svc.jobs.reembed(svc.gallery(), name, key.id, target))

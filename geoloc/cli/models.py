@@ -1,0 +1,111 @@
+"""`geoloc models`: the gallery's stores, one per embedding model; re-embed into a new one, switch, drop."""
+
+from __future__ import annotations
+
+import json
+
+from geoloc.cli.collections import follow_job
+from geoloc.cli.common import UserError
+from geoloc.settings import DEFAULT_BACKBONE, Settings
+
+
+def _stores(settings: Settings):
+    from geoloc.gallery.stores import ModelStores
+
+    return ModelStores(settings.gallery_dir)
+
+
+def cmd_models_list(args) -> int:
+    from geoloc.gallery.open import open_gallery
+
+    settings = Settings()
+    registry = _stores(settings).read()
+    rows = []
+    for model_id, entry in registry["stores"].items():
+        with open_gallery(settings, entry["dim"], model_id) as store:
+            rows.append({"model": model_id, "dim": entry["dim"], "serving": model_id == registry["serving"],
+                         "collections": store.collections(), "encoder": entry["encoder"]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("the gallery holds no model yet: index some photos first")
+    for row in [] if args.json else rows:
+        photos = sum(row["collections"].values())
+        print(f"{'*' if row['serving'] else ' '} {row['model']}\t{row['dim']}-d\t{photos} photos\t"
+              + ", ".join(f"{k}={v}" for k, v in row["encoder"].items() if v))
+    return 0
+
+
+def cmd_models_reembed(args) -> int:
+    """Fill the named model's store from the serving store's originals; queries switch when it is full."""
+    from geoloc.jobs import InProcessRunner, Jobs
+    from geoloc.runtime import Runtime
+
+    target = {"backbone": args.backbone or DEFAULT_BACKBONE, "checkpoint": args.checkpoint, "bundle": args.bundle}
+    with Runtime(Settings()) as runtime:
+        gallery, store = runtime.gallery(), runtime.job_store()
+        names = args.collections or sorted(gallery.collections())
+        missing = set(names) - set(gallery.collections())
+        if missing:
+            raise UserError(f"no collection named {', '.join(sorted(missing))}")
+        runner = InProcessRunner(runtime.job_context, store)
+        try:
+            for name in names:
+                job_id = Jobs(store, runner, runtime.settings.job_batch).reembed(gallery, name, "cli", target)
+                job = follow_job(store, job_id, f"re-embedding {name}")
+                print(f"{name}: {job['done']} of {job['total']} photos re-embedded"
+                      + (f", skipped {job['skipped']} ({job['reasons']})" if job["skipped"] else ""))
+        finally:
+            runner.close()
+        target_model = runtime.context_for_model(target).embedder.model_id
+    serving = _stores(runtime.settings).serving()
+    print(f"queries now use {serving}" if serving == target_model else
+          f"queries still use {serving}: {target_model} does not hold every photo yet")
+    return 0
+
+
+def cmd_models_switch(args) -> int:
+    try:
+        _stores(Settings()).switch(args.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(f"queries now use {args.model}")
+    return 0
+
+
+def cmd_models_drop(args) -> int:
+    from geoloc.gallery.open import open_gallery
+
+    settings = Settings()
+    stores = _stores(settings)
+    entry = stores.read()["stores"].get(args.model)
+    if entry is None:
+        raise UserError(f"no store for model '{args.model}'")
+    if stores.serving() == args.model:
+        raise UserError(f"model '{args.model}' serves queries: switch to another before dropping it")
+    with open_gallery(settings, entry["dim"], args.model) as store:
+        removed = sum(store.delete_collection(name) for name in list(store.collections()))
+    stores.forget(args.model)
+    print(f"dropped the store of {args.model}: {removed} photos removed")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="the gallery's stores, one per embedding model")
+    models = p.add_subparsers(dest="models_command", required=True)
+    m = models.add_parser("list", help="each model's store, its photos, and which one serves queries")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models_list)
+    m = models.add_parser("reembed", help="embed the serving store's photos with another model, from their "
+                                          "stored originals; queries switch to it once it holds every photo")
+    m.add_argument("--backbone", help=f"the new encoder (default {DEFAULT_BACKBONE}); see `geoloc encoders`")
+    m.add_argument("--checkpoint", help="its local weights (file or directory)")
+    m.add_argument("--bundle", help="a model bundle (classifier + RRM) to embed with")
+    m.add_argument("--collections", nargs="*", help="only these collections (default: all)")
+    m.set_defaults(func=cmd_models_reembed)
+    m = models.add_parser("switch", help="make a model's store serve queries")
+    m.add_argument("model")
+    m.set_defaults(func=cmd_models_switch)
+    m = models.add_parser("drop", help="delete a model's store (not the one serving)")
+    m.add_argument("model")
+    m.set_defaults(func=cmd_models_drop)
