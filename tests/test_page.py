@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import s2sphere
+from PIL import Image
 
 from geoloc.cells import corners
 from geoloc.models.partition import adaptive_hierarchy
@@ -202,6 +204,19 @@ def test_the_answer_carries_each_cells_corners(server, offline):
     assert 0.6 < filled < 1.01, filled
     page.screenshot(path=ARTIFACTS / "likeliest-cell.png")
     assert not errors, errors
+
+
+def test_tiles_are_added_when_the_tile_server_answers(server, offline):
+    """Stands in for the tile server with one plain tile, here: the page must then lay tiles under the map."""
+    page, errors, aborted = offline
+    tile = io.BytesIO()
+    Image.new("RGB", (256, 256), (170, 211, 223)).save(tile, "PNG")
+    page.context.route("https://tile.openstreetmap.org/**",
+                       lambda route: route.fulfill(body=tile.getvalue(), content_type="image/png"))
+    page.goto(server["url"] + "/")
+    page.wait_for_selector(".leaflet-tile-pane img.leaflet-tile-loaded")
+    assert "online" in page.get_attribute("#map", "class")
+    assert not errors and not aborted, (errors, aborted)
 
 
 @pytest.mark.parametrize("path, ready, outside", [("/docs", ".swagger-ui .opblock-summary-path", []),
