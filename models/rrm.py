@@ -21,6 +21,13 @@ class RRM(nn.Module):
     The residual is added to the normalised input. The last linear layer starts at zero, so an
     untrained module is the (normalised) backbone feature itself and training only learns what to add:
     the paper's premise that the backbone vectors are already good representations.
+
+    Training runs the residual centred over the batch (`centred=True`). A vector added to every photo
+    alike says nothing about any photo, yet under InfoNCE's fixed temperature it is the cheapest way to
+    lower the loss wherever cells are hard to tell apart: pushing every similarity toward 1 makes the
+    softmax uniform, and the space collapses (every nearest neighbour at ~0.998). Centred, the residual
+    can only add what differs between photos. `centre_residual` then folds the mean over the training
+    photos into the last bias, so the module saved and served is the plain block above.
     """
 
     def __init__(self, dim: int = 1280, hidden: int = 4096):
@@ -39,9 +46,20 @@ class RRM(nn.Module):
     def hidden(self) -> int:
         return self.ffn[0].out_features
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, centred: bool = False) -> torch.Tensor:
         x = self.norm_in(features)
-        return F.normalize(self.norm_out(x + self.ffn(x)), dim=-1)
+        residual = self.ffn(x)
+        if centred:
+            residual = residual - residual.mean(dim=0)
+        return F.normalize(self.norm_out(x + residual), dim=-1)
+
+    @torch.no_grad()
+    def centre_residual(self, features: torch.Tensor, batch: int = 4096) -> None:
+        """Shift the last bias so that the residual averages zero over `features` (the training photos):
+        the plain forward then embeds them as the centred one does."""
+        device = self.ffn[2].bias.device
+        total = sum(self.ffn(self.norm_in(rows.to(device))).sum(dim=0) for rows in features.split(batch))
+        self.ffn[2].bias -= total / len(features)
 
 
 class MemoryBank:

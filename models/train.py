@@ -20,6 +20,8 @@ from geoloc.models.heads import Targets, make_head
 from geoloc.models.partition import Hierarchy, Partition
 from geoloc.models.rrm import RRM, CellPairSampler, MemoryBank, info_nce
 
+CENTRE_PHOTOS = 16384
+
 
 def train_heads(
     features,
@@ -99,7 +101,9 @@ def train_rrm(
     Validation loss: InfoNCE of each validation photo against one fixed training photo per cell (its
     own cell's is the positive), so it exists even when a cell has a single validation photo. Metric
     `val_top1`: how often a validation photo's nearest training photo lies in its cell, beside
-    `val_top1_raw`, the same with the raw backbone features, so the gain of the module shows.
+    `val_top1_raw`, the same with the raw backbone features, so the gain of the module shows. The
+    residual trains centred over each batch and is re-centred over the training photos after each
+    epoch (see RRM: without it the embedding space collapses).
 
     Defaults suit a few thousand photos: an epoch is then only a few steps, so lr 3e-4 (the paper's
     1e-5 assumes ~500 steps per epoch) and Dh 1024 (the paper's 4096 means 10M parameters for a few
@@ -113,7 +117,8 @@ def train_rrm(
         raise ValueError("no cell has two training photos: nothing to contrast")
     steps = epochs * math.ceil(len(sampler) / batch_size)
     opt, sched = _optimiser(rrm, lr, weight_decay, steps)
-    epoch_fn = _contrastive_epoch(rrm, data, sampler, MemoryBank(bank_size), (opt, sched), batch_size, tau, dev)
+    bank, centre_on = MemoryBank(bank_size), _centring_sample(data, seed)
+    epoch_fn = _contrastive_epoch(rrm, data, sampler, bank, (opt, sched), batch_size, tau, dev, centre_on)
     val_fn = _prototype_loss(rrm, data, seed, tau, dev)
     stopper = _fit(rrm, epoch_fn, val_fn, epochs, patience)
     rrm.eval()
@@ -125,16 +130,15 @@ def train_rrm(
     return rrm.cpu(), metrics
 
 
-def _contrastive_epoch(
-    rrm: RRM, data: "_Data", sampler: CellPairSampler, bank: MemoryBank, optimiser, batch_size: int, tau: float, dev
-):
-    """One epoch of InfoNCE steps over the sampler's pairs (one per cell), against the memory bank."""
+def _contrastive_epoch(rrm: RRM, data, sampler, bank: MemoryBank, optimiser, batch_size, tau, dev, centre_on):
+    """One epoch of InfoNCE steps over the sampler's pairs (one per cell), against the memory bank, the
+    residual centred over each batch; then the residual's mean over `centre_on` folded into its bias."""
     opt, sched = optimiser
 
     def batch_loss(pair) -> torch.Tensor:
         qb, pb = pair
         rows = data.train[torch.cat([qb, pb])]
-        emb = rrm(data.x[rows].to(dev))
+        emb = rrm(data.x[rows].to(dev), centred=True)
         cells = data.cells[rows].to(dev)
         loss = info_nce(emb[: len(qb)], emb[len(qb) :], cells[: len(qb)], bank, tau)
         bank.enqueue(emb, cells)  # detached copies: the loss keeps the bank it was computed against
@@ -142,9 +146,20 @@ def _contrastive_epoch(
 
     def epoch_fn() -> float:
         q, p, _ = (torch.from_numpy(a) for a in sampler.epoch())
-        return _train_epoch(rrm, opt, sched, zip(q.split(batch_size), p.split(batch_size)), batch_loss)
+        loss = _train_epoch(rrm, opt, sched, zip(q.split(batch_size), p.split(batch_size)), batch_loss)
+        rrm.centre_residual(centre_on)
+        return loss
 
     return epoch_fn
+
+
+def _centring_sample(data: "_Data", seed: int) -> torch.Tensor:
+    """Features of the training photos the residual is centred over: all of them, or a fixed random
+    sample of CENTRE_PHOTOS when there are more (the mean of that many is as good, at a bounded cost)."""
+    rows = data.train
+    if len(rows) > CENTRE_PHOTOS:
+        rows = rows[torch.from_numpy(np.random.default_rng(seed).choice(len(rows), CENTRE_PHOTOS, replace=False))]
+    return data.x[rows]
 
 
 def _prototype_loss(rrm: RRM, data: "_Data", seed: int, tau: float, dev):

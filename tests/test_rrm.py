@@ -99,3 +99,51 @@ def test_bank_of_size_zero_stays_empty():
     bank.enqueue(torch.ones(3, 2), torch.arange(3))
     assert len(bank) == 0
     assert info_nce(Q, Q.clone(), CELLS, bank, tau=0.5).item() == pytest.approx(0.1269280110, abs=1e-6)
+
+
+def test_centred_residual_ignores_a_shared_vector_and_folds_into_the_bias():
+    torch.manual_seed(0)
+    rrm = RRM(dim=16, hidden=32)
+    with torch.no_grad():
+        for p in rrm.parameters():
+            p.normal_(0, 0.5)
+    z = torch.randn(40, 16).relu()
+    centred = rrm(z, centred=True)
+    with torch.no_grad():
+        rrm.ffn[2].bias += 100.0  # the same vector added to every photo: nothing to tell them apart by
+    assert torch.allclose(rrm(z, centred=True), centred, atol=1e-5)
+    assert not torch.allclose(rrm(z), centred, atol=1e-2)
+    rrm.centre_residual(z)  # folded into the last bias: the plain forward is the centred one
+    assert torch.allclose(rrm(z), centred, atol=1e-5)
+    assert rrm.ffn(rrm.norm_in(z)).mean(dim=0).abs().max().item() < 1e-4
+
+
+def neighbour_gap(embeddings: np.ndarray) -> float:
+    """Median over photos of the similarity gap between their 1st and 10th nearest other photo."""
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -np.inf)
+    top = -np.sort(-sims, axis=1)[:, :10]
+    return float(np.median(top[:, 0] - top[:, 9]))
+
+
+def test_trained_rrm_keeps_the_spread_of_the_backbone_space():
+    """Cells barely predictable from the features (as with frozen ImageNet features and a few thousand
+    photos): InfoNCE's fixed temperature then rewards squeezing every similarity together, which the
+    uncentred module did (nearest neighbours all at ~0.95 here, ~0.998 on real photos)."""
+    from geoloc.models.partition import adaptive_hierarchy
+    from geoloc.models.train import train_rrm
+
+    rng = np.random.default_rng(0)
+    n, places = 600, 40
+    centres = np.column_stack([rng.uniform(-50, 60, places), rng.uniform(-170, 170, places)])
+    k = rng.integers(0, places, n)
+    lat, lon = centres[k, 0] + rng.normal(0, 1, n), centres[k, 1] + rng.normal(0, 1, n)
+    place_signal = 0.3 * rng.normal(0, 1, (places, 64))
+    features = np.maximum(rng.normal(0, 1, (n, 64)) + place_signal[k], 0).astype(np.float32)  # ReLU-like
+    photographer = np.array([f"p{i % 60}" for i in range(n)])
+    fine = adaptive_hierarchy(lat, lon, (4, 12, 32), min_per_cell=3).fine
+    rrm, _ = train_rrm(features, lat, lon, photographer, fine, device="cpu")
+    with torch.no_grad():
+        embedded = rrm(torch.from_numpy(features)).numpy()
+    backbone = features / np.linalg.norm(features, axis=1, keepdims=True)
+    assert neighbour_gap(embedded) >= neighbour_gap(backbone)
