@@ -29,7 +29,7 @@ from geoloc.evaluation import calibration_metrics
 
 RADII_KM = (1, 25, 200, 750, 2500)
 AGREEMENT_KM = (25, 200, 750, 2500)
-NEIGHBOUR_SIGNALS = ("sim_top1", "sim_margin", "sim_range", "sim_mean",
+NEIGHBOUR_SIGNALS = ("sim_top1", "sim_margin", "sim_range", "sim_mean", "sim_support", "support_margin",
                      *(f"agree_{r}km" for r in AGREEMENT_KM), "cluster_fraction", "support_log_km")
 CELL_SIGNALS = ("cell_top", "cell_margin", "cell_entropy")
 SIGNALS = (*NEIGHBOUR_SIGNALS, "no_neighbours", *CELL_SIGNALS, "no_cells")
@@ -46,15 +46,25 @@ class CalibrationError(ValueError):
 
 def answer_signals(similarities, km_to_answer, support) -> dict[str, float]:
     """Signals of an answer from its K neighbours: similarities, distances to the answer, and the indices
-    of the neighbours it rests on. Cell signals start absent (see cell_signals)."""
-    s = np.sort(np.asarray(similarities, dtype=np.float64))[::-1]
+    of the neighbours it rests on. Cell signals start absent (see cell_signals).
+
+    `sim_support` and `support_margin` speak of the photos the answer rests on: the best of them, and how
+    much more similar it is than the best photo the answer sets aside (a near-duplicate of the query that
+    the aggregation outvotes must not make the answer look sure)."""
+    raw = np.asarray(similarities, dtype=np.float64)
+    s = np.sort(raw)[::-1]
     km = np.asarray(km_to_answer, dtype=np.float64)
     if s.size == 0:
         return {**dict.fromkeys(NEIGHBOUR_SIGNALS, 0.0), "no_neighbours": 1.0, **NO_CELLS}
+    rests_on = np.zeros(s.size, dtype=bool)
+    rests_on[np.asarray(support, dtype=np.int64)] = True
+    best_for = raw[rests_on].max()
+    best_against = raw[~rests_on].max() if (~rests_on).any() else s[-1]
     signals = {"sim_top1": s[0], "sim_margin": s[0] - s[1] if s.size > 1 else 0.0, "sim_range": s[0] - s[-1],
-               "sim_mean": s.mean(), **{f"agree_{r}km": np.mean(km <= r) for r in AGREEMENT_KM},
+               "sim_mean": s.mean(), "sim_support": best_for, "support_margin": best_for - best_against,
+               **{f"agree_{r}km": np.mean(km <= r) for r in AGREEMENT_KM},
                "cluster_fraction": len(support) / s.size,
-               "support_log_km": np.log1p(np.median(km[np.asarray(support, dtype=np.int64)])),
+               "support_log_km": np.log1p(np.median(km[rests_on])),
                "no_neighbours": 0.0, **NO_CELLS}
     return {name: float(value) for name, value in signals.items()}
 

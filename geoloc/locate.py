@@ -37,6 +37,7 @@ class Neighbour:
     km: float
     collection: str
     source: str
+    place: dict | None = None  # the nearest populated place (geoloc.places)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Answer:
     method: str
     cluster_size: int
     neighbours: list[Neighbour]
+    place: dict | None = None  # the nearest populated place, its region and country (geoloc.places)
     cell: dict | None = None
     candidates: list[dict] = field(default_factory=list)
     confidence: float | None = None  # probability of lying within the locator's `within_km` of the truth
@@ -116,7 +118,7 @@ class Locator:
         else:
             log_probs = self.embedder.bundle.cell_log_probs(features, head=self.head)
             answers = [self._search_within_cells(v, np.exp(lp)) for v, lp in zip(vectors, log_probs)]
-        return self._calibrate(answers)
+        return _name_places(self._calibrate(answers))
 
     def _calibrate(self, answers: list[Answer]) -> list[Answer]:
         probabilities = self.calibrator.predict_answers([a.signals for a in answers])
@@ -168,3 +170,21 @@ class Locator:
         lat, lon = partition.centres[index]
         return {"token": partition.tokens[index], "lat": float(lat), "lon": float(lon),
                 "probability": float(probs[index])}
+
+
+def _name_places(answers: list[Answer]) -> list[Answer]:
+    """The nearest populated place of every answer, neighbour and candidate cell, in one lookup."""
+    from geoloc.places import nearest_places
+
+    named = list(answers) + [n for a in answers for n in a.neighbours]
+    cells = [c for a in answers for c in ([a.cell] if a.cell else []) + a.candidates]
+    points = [(x.lat, x.lon) for x in named] + [(c["lat"], c["lon"]) for c in cells]
+    if not points:
+        return answers
+    lat, lon = np.asarray(points, dtype=np.float64).T
+    places = [place.to_dict() for place in nearest_places(lat, lon)]
+    for holder, place in zip(named, places):
+        holder.place = place
+    for cell, place in zip(cells, places[len(named):]):
+        cell["place"] = place
+    return answers

@@ -88,9 +88,15 @@ class Runtime:
     def gallery(self) -> Gallery:
         """The store of the current model, opened on first use; not kept when opening fails, so the next
         call tries again (a worker started before Qdrant comes good)."""
+        return self.serving()[1]
+
+    def serving(self) -> tuple[Embedder, Gallery]:
+        """The model that serves queries and its store, read together so a switch between the two reads
+        cannot pair one model's query with another's store."""
         with self._lock:
             embedder = self.embedder
-            return self._gallery_for(embedder, encoder_settings(self.settings) if embedder is self._own else None)
+            return embedder, self._gallery_for(embedder, encoder_settings(self.settings)
+                                               if embedder is self._own else None)
 
     def _gallery_for(self, embedder: Embedder, encoder: dict | None) -> Gallery:
         """One handle per model's store in this process (an embedded store admits one opener)."""

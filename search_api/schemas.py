@@ -65,7 +65,8 @@ class LocateResponse(BaseModel):
     lon: float
     method: str = Field(description="swc-<aggregator> with a model bundle, retrieval-<aggregator> without")
     cluster_size: int = Field(description="Neighbours in the cluster the answer rests on")
-    confidence: float | None = Field(description="With a bundle: probability mass within 25 km of the answer")
+    confidence: float | None = Field(description="The calibrated probability that the answer lies within "
+                                                 "`within_km` (default 25 km) of where the photo was taken")
     cell: Cell | None = Field(description="With a bundle: the most likely cell")
     candidates: list[Cell] = Field(description="With a bundle: the most likely cells, best first")
     neighbours: list[Neighbour]
@@ -80,6 +81,9 @@ class LocateResponse(BaseModel):
                                                            "null when none reaches it")
     abstained: bool | None = Field(None, description="True when the confidence is under the minimum asked for: "
                                                      "the answer is a best guess")
+    calibration: str | None = Field(None, description="Which calibrator made the probabilities: 'default' (fitted "
+                                                      "on geoloc's development photos) or the id of one fitted "
+                                                      "for this model with `geoloc calibrate`")
 
 
 class SimilarResponse(BaseModel):

@@ -36,6 +36,9 @@ class Services:
     def gallery(self) -> Gallery:
         return self.runtime.gallery()
 
+    def serving(self) -> tuple[Embedder, Gallery]:
+        return self.runtime.serving()
+
     def broker_reachable(self) -> bool:
         import redis
 

@@ -64,6 +64,15 @@ def test_locate_answers_with_evidence_and_is_audited(api, photos):
     assert top["id"] == point_id("news", query["sha256"]) and top["similarity"] == pytest.approx(1.0)
     assert answer["collections"] == ["news"] and answer["model"] == api["services"].embedder.model_id
     assert top["photo_url"] == f"/v1/collections/news/images/{top['id']}/photo"
+    # places named offline, and calibrated chances that only grow with the radius
+    assert answer["place"]["label"] and answer["place"]["country"]
+    assert all(n["place"]["country_code"] for n in answer["neighbours"])
+    chances = [answer["probabilities"][r] for r in ("1", "25", "200", "750", "2500")]
+    assert chances == sorted(chances) and all(0 <= p <= 1 for p in chances)
+    assert answer["calibration"] == "default" and answer["confidence"] == answer["probabilities"]["25"]
+    sure = api["client"].post("/v1/locate", files=photo_file(query), headers=api["reader"],
+                              data={"k": "3", "min_confidence": "1", "within_km": "2500"}).json()
+    assert sure["abstained"] and sure["confidence"] == sure["probabilities"]["2500"]
     entry = json.loads((api["home"] / "audit.jsonl").read_text().splitlines()[-1])
     assert entry["key"] == api["reader_id"] and entry["endpoint"] == "locate"
     assert entry["collections"] == ["news"] and entry["outcome"] == "answered"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from geoloc.cli.common import add_model_options, print_counts, settings_from
+from geoloc.aggregation import AGGREGATORS
+from geoloc.cli.common import add_model_options, head_name, print_counts, settings_from
 
 
 def cmd_split(args) -> int:
@@ -68,6 +69,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from geoloc.calibrate import fit_calibrator
+    from geoloc.features import load_features
+    from geoloc.models.bundle import load_bundle
+
+    features = load_features(args.features)
+    bundle = load_bundle(args.bundle) if args.bundle else None
+    calibrator, path = fit_calibrator(features, bundle, folds=args.folds, seed=args.seed, out=args.out,
+                                      home=settings_from(args).home, k=args.k, aggregator=args.aggregator,
+                                      top_cells=args.top_cells, head=args.head, data=args.data or str(args.features),
+                                      default=args.as_default,
+                                      progress=lambda line: print(line, file=sys.stderr))
+    print(f"calibrator {calibrator.id} -> {path}")
+    checked = calibrator.info.get("cross_validation", {})
+    if checked:
+        errors = ", ".join(f"{radius} {value:.3f}" for radius, value in checked["calibration_error"].items())
+        top, everyone = checked["selective"]["25km"]["10%"], checked["selective"]["25km"]["100%"]
+        print(f"  cross-validated by photographer: calibration error {errors}; within 25 km: the most "
+              f"confident 10% {top:.1f}%, all answers {everyone:.1f}%")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("split", help="split a CSV manifest into gallery and query manifests by a column")
     p.add_argument("manifest")
@@ -90,6 +113,26 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="auto, cpu, cuda ... (default auto)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="fit the probabilities answers carry, on labelled photos, "
+                                         "photographer-disjoint; saved beside the gallery or in the bundle",
+                       description="Locates each fold of the labelled photos against a gallery of the others "
+                                   "(no photographer on both sides) and fits how often answers like these lie "
+                                   "within 1, 25, 200, 750 and 2,500 km. With a bundle, calibrate on photos "
+                                   "its classifier was not trained on, or it will look surer than it is.")
+    p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
+    p.add_argument("--bundle", help="calibrate Search-within-Cell with this bundle (default: retrieval)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-k", type=int, default=10, help="neighbours, as locate will use them (default 10)")
+    p.add_argument("--aggregator", default="cluster", choices=AGGREGATORS.names())
+    p.add_argument("--top-cells", type=int, default=1)
+    p.add_argument("--head", type=head_name, help="with a bundle: its classifier (default: its own)")
+    p.add_argument("--out", help="where to save it (default: in the bundle, or $GEOLOC_HOME/calibration/)")
+    p.add_argument("--data", help="what these photos are, in words, recorded with the calibrator")
+    p.add_argument("--as-default", action="store_true",
+                   help="mark it as geoloc's shipped default (how geoloc/default_calibration.json is made)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="photographer-disjoint k-fold evaluation of every method")
     p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from geoloc.aggregation import AGGREGATORS
+from geoloc.calibration import RADII_KM
 from geoloc.cli.common import add_model_options, head_name, runtime_from
 
 
@@ -51,7 +52,8 @@ def cmd_locate(args) -> int:
     failures, results, errors = 0, [], []
     with runtime_from(args) as runtime:
         locator = Locator(runtime.embedder, runtime.gallery(), k=args.k, aggregator=args.aggregator,
-                          collections=args.collections, top_cells=args.top_cells, head=args.head)
+                          collections=args.collections, top_cells=args.top_cells, head=args.head,
+                          min_confidence=args.min_confidence, within_km=args.within)
         locator.check_ready()
         total = sum(count_items(Path(n)) if n.lower().endswith(".csv") else 1 for n in args.images)
         batch_size = runtime.settings.batch_size
@@ -86,15 +88,31 @@ def _print_summary(results: list[dict], summary: dict | None, as_json: bool) -> 
               + f"; median error {summary['median_km']:.0f} km")
 
 
+def confidence_words(answer) -> str:
+    """How sure an answer is, in words a reader acts on."""
+    if answer.abstained:
+        return "not confident"
+    radius = answer.uncertainty_km
+    if radius is None:
+        return "not confident"
+    if radius >= 2500:
+        return "only the continent is likely"
+    return f"likely within {radius:g} km"
+
+
 def _print_answer(name: str, answer, error_km: float | None = None) -> None:
     truth = "" if error_km is None else f"  [{error_km:.1f} km from the truth]"
-    print(f"{name}: {answer.lat:.5f}, {answer.lon:.5f}  "
-          f"({answer.method}, cluster of {answer.cluster_size}/{len(answer.neighbours)}){truth}")
-    if answer.cell:
-        print(f"  cell {answer.cell['token']} p={answer.cell['probability']:.2f}  "
-              f"confidence {answer.confidence:.2f}")
+    near = f"near {answer.place['label']}" if answer.place else "somewhere"
+    guess = " (best guess, not confident)" if answer.abstained else ""
+    print(f"{name}: {near}{guess}  {answer.lat:.5f}, {answer.lon:.5f}{truth}")
+    chances = ", ".join(f"{radius} km {100 * p:.0f}%" for radius, p in answer.probabilities.items())
+    default = " (default calibration: fit your own with geoloc calibrate)" if answer.calibration == "default" else ""
+    print(f"  {confidence_words(answer)}; chance within {chances}{default}")
+    print(f"  {answer.method}, cluster of {answer.cluster_size}/{len(answer.neighbours)}"
+          + (f"; cell {answer.cell['token']} p={answer.cell['probability']:.2f}" if answer.cell else ""))
     for n in answer.neighbours[:5]:
-        print(f"  {n.similarity:6.3f}  {n.km:8.1f} km  [{n.collection}] {n.source}")
+        place = f"  {n.place['label']}" if n.place else ""
+        print(f"  {n.similarity:6.3f}  {n.km:8.1f} km  [{n.collection}] {n.source}{place}")
 
 
 def register(sub) -> None:
@@ -106,5 +124,10 @@ def register(sub) -> None:
     p.add_argument("--collections", nargs="*", help="search only these collections")
     p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
     p.add_argument("--head", type=head_name, help="with a bundle: its classifier (default: its own)")
+    p.add_argument("--min-confidence", type=float, metavar="P",
+                   help="mark answers whose chance of lying within --within km is under P as not confident "
+                        "(they still show their best guess)")
+    p.add_argument("--within", type=float, default=25, choices=RADII_KM, metavar="KM",
+                   help="the radius the confidence speaks of: 1, 25, 200, 750 or 2500 km (default 25)")
     add_model_options(p)
     p.set_defaults(func=cmd_locate)

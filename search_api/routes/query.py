@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.aggregation import AGGREGATORS
+from geoloc.calibration import RADII_KM
 from geoloc.cells import corners
 from geoloc.geodesy import haversine_km
 from geoloc.keys import ApiKey
@@ -52,13 +53,19 @@ def audited(svc: Services, key: ApiKey, endpoint: str, requested: list[str] | No
 def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
            top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle: cells to search")] = 1,
            aggregator: Annotated[Literal[AGGREGATORS.names()], Form(
-               description="How the neighbours become one answer (cluster: DBSCAN, the paper's)")] = "cluster"):
+               description="How the neighbours become one answer (cluster: DBSCAN, the paper's)")] = "cluster",
+           min_confidence: Annotated[float | None, Form(ge=0, le=1, description=(
+               "Mark the answer as not confident (abstained, still with its best guess) when its probability "
+               "of lying within `within_km` is under this"))] = None,
+           within_km: Annotated[Literal[tuple(f"{r:g}" for r in RADII_KM)], Form(
+               description="The radius `confidence` speaks of, in km")] = "25"):
     requested = parse_collections(collections)
     with audited(svc, key, "locate", requested, k=k, top_cells=top_cells) as entry:
         scope = entry["collections"] = key.scope(requested)
         image = read_photo(photo, svc.settings)
-        locator = Locator(svc.embedder, svc.gallery(), k=k, aggregator=aggregator, collections=scope,
-                          top_cells=top_cells)
+        embedder, gallery = svc.serving()
+        locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
+                          min_confidence=min_confidence, within_km=float(within_km))
         locator.check_ready()
         answer = locator.locate([image])[0].to_dict()
         entry["answer"] = {"lat": answer["lat"], "lon": answer["lon"], "method": answer["method"],
@@ -67,7 +74,7 @@ def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections
         n["photo_url"] = photo_url(n["collection"], n["id"])
     for cell in filter(None, [answer["cell"], *answer["candidates"]]):
         cell["corners"] = corners(cell["token"])
-    return {**answer, "collections": scope, "model": svc.embedder.model_id}
+    return {**answer, "collections": scope, "model": embedder.model_id}
 
 
 @router.post("/similar", response_model=SimilarResponse, responses=ERROR_RESPONSES,
@@ -85,9 +92,9 @@ def similar(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collection
     with audited(svc, key, "similar", requested, k=k, centre=centre) as entry:
         scope = entry["collections"] = key.scope(requested)
         image = read_photo(photo, svc.settings)
-        gallery = svc.gallery()
-        gallery.check_model(svc.embedder.model_id)
-        vector = svc.embedder.vectors(svc.embedder.features([image]))[0]
+        embedder, gallery = svc.serving()
+        gallery.check_model(embedder.model_id)
+        vector = embedder.vectors(embedder.features([image]))[0]
         hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
         entry["results"] = len(hits)
         if hits:
