@@ -27,10 +27,6 @@ def leaf_range(token: str) -> tuple[int, int]:
     return to_int64(cell.range_min().id()), to_int64(cell.range_max().id())
 
 
-def token_at_level(lat: float, lon: float, level: int) -> str:
-    return s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(lat, lon)).parent(level).to_token()
-
-
 def corners(token: str) -> list[list[float]]:
     """The four vertices of the cell with this S2 token, [[lat, lon], ...] in degrees, counter-clockwise.
     The cell's edges are geodesics: straight lines between the corners on a flat map only approximate them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geoloc.geodesy import haversine_km, spherical_mean
+from geoloc.geodesy import haversine_km
 
 THRESHOLDS_KM = (0.1, 1, 5, 10, 25, 200, 750, 2500)
 SELECTIVE_FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -41,14 +41,6 @@ def photographer_folds(photographers, k: int, seed: int = 0) -> np.ndarray:
         fold_of_owner[owners[i]] = fold
         fold_sizes[fold] += counts[i]
     return np.array([fold_of_owner[p] for p in photographers], dtype=np.int64)
-
-
-def densest_location(lat, lon, radius_km: float = 25.0) -> tuple[float, float]:
-    """The trivial answer: the centre of the city-sized spot holding the most gallery photos."""
-    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
-    near = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]) <= radius_km
-    members = near[int(np.argmax(near.sum(axis=1)))]
-    return spherical_mean(lat[members], lon[members])
 
 
 def selective_accuracy(confidence, hits, fractions=SELECTIVE_FRACTIONS) -> dict[str, float]:

@@ -7,17 +7,23 @@ import uuid
 
 import numpy as np
 import pytest
+import s2sphere
 
 from geoloc.gallery.base import GalleryPoint, SearchFilter, make_payload
 from geoloc.gallery.edge import EdgeGallery
 from geoloc.gallery.server import ServerGallery
-from geoloc.cells import leaf_range, token_at_level
+from geoloc.cells import leaf_range
 from geoloc.geodesy import haversine_km
 
 DIM = 12
 MODEL = "test-model-v1"
 PLACES = {"paris": (48.85, 2.35), "tokyo": (35.68, 139.69), "nyc": (40.71, -74.0), "sydney": (-33.87, 151.21)}
 COLLECTIONS = ("news", "archive", "ref")
+
+
+def token_at_level(lat: float, lon: float, level: int) -> str:
+    """The token of the S2 cell of this level holding the point."""
+    return s2sphere.CellId.from_lat_lng(s2sphere.LatLng.from_degrees(lat, lon)).parent(level).to_token()
 
 
 def make_points(n: int = 240, seed: int = 0) -> list[GalleryPoint]:

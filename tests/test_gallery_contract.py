@@ -11,8 +11,8 @@ import pytest
 import s2sphere
 
 from geoloc.gallery.base import GalleryError, GalleryPoint, SearchFilter, make_payload
-from geoloc.cells import leaf_range, token_at_level
-from tests.gallery_helpers import DIM, FILTERS, MODEL, PARIS_RADIUS, POINTS, matches, same_payload, true_top_k, unit
+from geoloc.cells import leaf_range
+from tests.gallery_helpers import DIM, FILTERS, MODEL, PARIS_RADIUS, POINTS, matches, same_payload, token_at_level, true_top_k, unit
 
 
 def test_filters_select_some_points_not_all():

@@ -12,9 +12,9 @@ from geoloc.gallery.base import GalleryError, SearchFilter
 from geoloc.gallery.edge import EdgeGallery
 from geoloc.gallery.open import open_gallery
 from geoloc.gallery.server import ServerGallery
-from geoloc.cells import leaf_range, token_at_level
+from geoloc.cells import leaf_range
 from geoloc.settings import Settings
-from tests.gallery_helpers import DIM, FILTERS, POINTS, matches, true_top_k
+from tests.gallery_helpers import DIM, FILTERS, POINTS, matches, token_at_level, true_top_k
 
 
 def test_reopen_after_close_loses_nothing(opener):

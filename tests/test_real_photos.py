@@ -11,8 +11,8 @@ import pytest
 import s2sphere
 
 from geoloc.gallery.edge import EdgeGallery
-from geoloc.evaluation import densest_location, errors_km
-from geoloc.geodesy import haversine_km
+from geoloc.evaluation import errors_km
+from geoloc.geodesy import haversine_km, spherical_mean
 from geoloc.models.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,14 @@ SLICE = 600
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not MANIFEST.exists(), reason=f"real photos not found at {MANIFEST}")]
+
+
+def densest_location(lat, lon, radius_km: float = 25.0) -> tuple[float, float]:
+    """The trivial answer: the centre of the city-sized spot holding the most gallery photos."""
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    near = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :]) <= radius_km
+    members = near[int(np.argmax(near.sum(axis=1)))]
+    return spherical_mean(lat[members], lon[members])
 
 
 def geoloc(home: Path, *args: str) -> subprocess.CompletedProcess:
