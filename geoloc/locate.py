@@ -2,7 +2,8 @@
 
 Without a model bundle: retrieval over the whole gallery, then aggregation.
 With one: Search-within-Cell (paper 3.4): the classifier's cell, the gallery's top K inside it as one
-filtered query, then aggregation; an empty cell answers the cell centre.
+filtered query, then aggregation; an empty cell answers the cell centre. With `prior="zero-shot"` the cells and
+their probabilities come from the encoder's text tower instead of a trained classifier (geoloc.zero_shot).
 Every answer carries calibrated probabilities of lying within 1, 25, 200, 750 and 2,500 km of the truth
 (geoloc.calibration), from the calibrator fitted for this model when there is one, else the default.
 """
@@ -19,7 +20,9 @@ from geoloc.calibration import RADII_KM, CalibrationError, Calibrator, answer_si
     find_calibrator, uncertainty_km
 from geoloc.embedding import Embedder
 from geoloc.geodesy import haversine_km
+from geoloc.models.partition import Partition
 from geoloc.settings import Settings
+from geoloc.zero_shot import PRIORS, PriorError, ZeroShotPrior
 
 CANDIDATE_CELLS = 5
 
@@ -65,12 +68,14 @@ class Locator:
     def __init__(self, embedder: Embedder, gallery: Gallery, k: int = 10, aggregator: str = "cluster",
                  collections: list[str] | None = None, top_cells: int = 1, head: str | None = None,
                  within_cell: bool = True, calibrator: Calibrator | None = None,
-                 min_confidence: float | None = None, within_km: float = 25, **aggregator_options):
+                 min_confidence: float | None = None, within_km: float = 25, prior: str | None = None,
+                 **aggregator_options):
         """`head` picks the bundle's classifier (default: the bundle's own); `within_cell=False` searches
         the whole gallery with the bundle's RRM embedding (retrieval without the classifier).
         `calibrator` None: the one fitted for this model (the bundle's, else $GEOLOC_HOME/calibration/),
         else the default. An answer's confidence is its probability of lying within `within_km`; under
-        `min_confidence` it is marked abstained."""
+        `min_confidence` it is marked abstained. `prior="zero-shot"`: Search-within-Cell over cells of the gallery's
+        own photos, their probabilities from the encoder's text tower, in place of a bundle's classifier."""
         if aggregator not in AGGREGATORS:
             raise LocateError(f"unknown aggregator '{aggregator}'; choose one of {', '.join(AGGREGATORS.names())}")
         if k < 1 or top_cells < 1:
@@ -84,9 +89,18 @@ class Locator:
         self.embedder, self.gallery = embedder, gallery
         self.k, self.aggregator, self.top_cells = k, aggregator, top_cells
         self.head = head
-        self.within_cell = within_cell and embedder.bundle is not None
         self.collections = list(collections) if collections else None
+        self.prior = self._make_prior(prior, embedder, gallery) if prior is not None else None
+        self.within_cell = (within_cell and embedder.bundle is not None) or self.prior is not None
         self.aggregator_options = aggregator_options
+
+    def _make_prior(self, name: str, embedder: Embedder, gallery: Gallery) -> ZeroShotPrior:
+        if name not in PRIORS:
+            raise LocateError(f"unknown prior '{name}'; choose one of {', '.join(PRIORS)}")
+        try:
+            return ZeroShotPrior(embedder.backbone, gallery, self.collections)
+        except PriorError as err:
+            raise LocateError(str(err)) from None
 
     @staticmethod
     def _find_calibrator(embedder: Embedder) -> Calibrator:
@@ -116,9 +130,19 @@ class Locator:
             where = SearchFilter(collections=self.collections)
             answers = [self._answer(self.gallery.search(v, self.k, where)) for v in vectors]
         else:
-            log_probs = self.embedder.bundle.cell_log_probs(features, head=self.head)
-            answers = [self._search_within_cells(v, np.exp(lp)) for v, lp in zip(vectors, log_probs)]
+            partition, probs = self._cell_probabilities(features)
+            answers = [self._search_within_cells(v, p, partition) for v, p in zip(vectors, probs)]
         return _name_places(self._calibrate(answers))
+
+    def _cell_probabilities(self, features: np.ndarray) -> tuple[Partition, np.ndarray]:
+        """The cells searched and (n, cells) probabilities: the zero-shot prior's, else the bundle's classifier's."""
+        if self.prior is None:
+            bundle = self.embedder.bundle
+            return bundle.hierarchy.fine, np.exp(bundle.cell_log_probs(features, head=self.head))
+        try:
+            return self.prior.probabilities(features)
+        except PriorError as err:
+            raise LocateError(str(err)) from None
 
     def _calibrate(self, answers: list[Answer]) -> list[Answer]:
         probabilities = self.calibrator.predict_answers([a.signals for a in answers])
@@ -141,8 +165,7 @@ class Locator:
         return Answer(estimate.lat, estimate.lon, self.method, len(estimate.support), neighbours,
                       signals=answer_signals([h.score for h in hits], km, estimate.support))
 
-    def _search_within_cells(self, vector: np.ndarray, probs: np.ndarray) -> Answer:
-        fine = self.embedder.bundle.hierarchy.fine
+    def _search_within_cells(self, vector: np.ndarray, probs: np.ndarray, fine: Partition) -> Answer:
         order = np.argsort(-probs)
         chosen = order[: self.top_cells]
         where = SearchFilter(collections=self.collections,

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from geoloc.aggregation import AGGREGATORS
 from geoloc.calibration import RADII_KM
 from geoloc.cli.common import add_model_options, head_name, runtime_from
+from geoloc.zero_shot import PRIORS
 
 
 def _query_items(names: list[str]):
@@ -53,7 +54,7 @@ def cmd_locate(args) -> int:
     with runtime_from(args) as runtime:
         locator = Locator(runtime.embedder, runtime.gallery(), k=args.k, aggregator=args.aggregator,
                           collections=args.collections, top_cells=args.top_cells, head=args.head,
-                          min_confidence=args.min_confidence, within_km=args.within)
+                          min_confidence=args.min_confidence, within_km=args.within, prior=args.prior)
         locator.check_ready()
         total = sum(count_items(Path(n)) if n.lower().endswith(".csv") else 1 for n in args.images)
         batch_size = runtime.settings.batch_size
@@ -122,7 +123,10 @@ def register(sub) -> None:
     p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
     p.add_argument("--aggregator", default="cluster", choices=AGGREGATORS.names())
     p.add_argument("--collections", nargs="*", help="search only these collections")
-    p.add_argument("--top-cells", type=int, default=1, help="with a bundle: search the N likeliest cells")
+    p.add_argument("--top-cells", type=int, default=1, help="with a bundle or --prior: search the N likeliest cells")
+    p.add_argument("--prior", choices=PRIORS,
+                   help="cell probabilities without a trained classifier: zero-shot, from a CLIP-family encoder's "
+                        "text tower and the names of the gallery's places (default: none, or the bundle's classifier)")
     p.add_argument("--head", type=head_name, help="with a bundle: its classifier (default: its own)")
     p.add_argument("--min-confidence", type=float, metavar="P",
                    help="mark answers whose chance of lying within --within km is under P as not confident "

@@ -19,6 +19,7 @@ from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
 from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
 from geoloc.search_api.schemas import LocateResponse, SimilarResponse
+from geoloc.zero_shot import PRIORS
 from geoloc.search_api.services import Services
 
 router = APIRouter(tags=["search"])
@@ -51,21 +52,24 @@ def audited(svc: Services, key: ApiKey, endpoint: str, requested: list[str] | No
                          "with a model bundle, the likely cells and a confidence. With a bundle the search "
                          "is Search-within-Cell: the top K inside the predicted cell(s).")
 def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
-           top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle: cells to search")] = 1,
+           top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle or a prior: cells to search")] = 1,
            aggregator: Annotated[Literal[AGGREGATORS.names()], Form(
                description="How the neighbours become one answer (cluster: DBSCAN, the paper's)")] = "cluster",
            min_confidence: Annotated[float | None, Form(ge=0, le=1, description=(
                "Mark the answer as not confident (abstained, still with its best guess) when its probability "
                "of lying within `within_km` is under this"))] = None,
            within_km: Annotated[Literal[tuple(f"{r:g}" for r in RADII_KM)], Form(
-               description="The radius `confidence` speaks of, in km")] = "25"):
+               description="The radius `confidence` speaks of, in km")] = "25",
+           prior: Annotated[Literal[PRIORS] | None, Form(description=(
+               "zero-shot: Search-within-Cell without a trained classifier, the cells' probabilities from a "
+               "CLIP-family model's text tower and the names of the gallery's places; default: none"))] = None):
     requested = parse_collections(collections)
-    with audited(svc, key, "locate", requested, k=k, top_cells=top_cells) as entry:
+    with audited(svc, key, "locate", requested, k=k, top_cells=top_cells, prior=prior) as entry:
         scope = entry["collections"] = key.scope(requested)
         image = read_photo(photo, svc.settings)
         embedder, gallery = svc.serving()
         locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
-                          min_confidence=min_confidence, within_km=float(within_km))
+                          min_confidence=min_confidence, within_km=float(within_km), prior=prior)
         locator.check_ready()
         answer = locator.locate([image])[0].to_dict()
         entry["answer"] = {"lat": answer["lat"], "lon": answer["lon"], "method": answer["method"],
