@@ -1,4 +1,5 @@
-"""API keys: admin keys manage collections; reader keys locate and search only the collections granted.
+"""API keys: admin keys manage collections (every one, or only those they are scoped to); reader keys
+locate and search only the collections granted. A key may expire, and may carry its own quotas.
 
 A key is shown once, when it is created: `gk_<id>_<secret>`, the secret 256 random bits. Only the
 SHA-256 of the whole token is stored (a token that random has nothing to brute-force, so a slow hash
@@ -24,6 +25,7 @@ from filelock import FileLock
 from geoloc.names import check_collection_name
 
 ADMIN, READER = "admin", "reader"
+ACTIVE, REVOKED, EXPIRED = "active", "revoked", "expired"
 TOKEN_PREFIX = "gk"
 
 
@@ -35,6 +37,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _utc(moment: datetime) -> datetime:
+    """A naive time is read as UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -43,38 +50,55 @@ def _digest(token: str) -> str:
 class ApiKey:
     id: str
     role: str
-    collections: list[str] = field(default_factory=list)  # readers only; admins read everything
+    # readers: the collections they may search; admins: those they manage (none: every collection)
+    collections: list[str] = field(default_factory=list)
     name: str = ""
     created: str = field(default_factory=_now)
     revoked: str | None = None
+    expires: str | None = None  # from then on the key is refused
+    requests_per_minute: int | None = None  # this key's quotas; None: the server's (GEOLOC_KEY_...)
+    photos_per_hour: int | None = None
     sha256: str = field(default="", repr=False)
 
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN
 
+    def state(self, now: datetime | None = None) -> str:
+        if self.revoked:
+            return REVOKED
+        if self.expires and datetime.fromisoformat(self.expires) <= (now or datetime.now(timezone.utc)):
+            return EXPIRED
+        return ACTIVE
+
     def public(self) -> dict:
         """Everything but the hash."""
         return {k: v for k, v in asdict(self).items() if k != "sha256"}
 
+    def reaches(self, collection: str) -> bool:
+        return (self.is_admin and not self.collections) or collection in self.collections
+
     def scope(self, requested: list[str] | None) -> list[str] | None:
         """The collections a search with this key may cover: those requested, all granted when none are
-        (None: every collection, for an admin). Asking for one not granted is refused, never narrowed."""
-        if self.is_admin:
+        (None: every collection, for an unscoped admin). Asking for one not granted is refused, never narrowed."""
+        if self.is_admin and not self.collections:
             return requested or None
         if not self.collections:
             raise AccessDenied(f"key {self.id} is granted no collections: ask an admin to grant some")
         if not requested:
             return list(self.collections)
-        refused = [c for c in requested if c not in self.collections]
+        refused = [c for c in requested if not self.reaches(c)]
         if refused:
             raise AccessDenied(f"key {self.id} may not search {', '.join(refused)}; "
                                f"it may search {', '.join(self.collections)}")
         return list(requested)
 
-    def require_admin(self) -> None:
+    def require_admin(self, collection: str | None = None) -> None:
+        """An admin key, and one that manages `collection` when one is named."""
         if not self.is_admin:
             raise AccessDenied(f"key {self.id} is a reader key: this needs an admin key")
+        if collection is not None and not self.reaches(collection):
+            raise AccessDenied(f"key {self.id} manages only {', '.join(self.collections)}, not {collection}")
 
 
 class KeyStore:
@@ -108,18 +132,29 @@ class KeyStore:
                 json.dump({"keys": [asdict(k) for k in keys.values()]}, out, indent=2)
             os.replace(tmp, self.path)
 
-    def create(self, role: str, collections: list[str] | None = None, name: str = "") -> tuple[ApiKey, str]:
-        """A new key and its token (shown once: only its hash is kept)."""
+    def create(self, role: str, collections: list[str] | None = None, name: str = "",
+               expires: datetime | None = None, requests_per_minute: int | None = None,
+               photos_per_hour: int | None = None) -> tuple[ApiKey, str]:
+        """A new key and its token (shown once: only its hash is kept). An admin key given collections
+        manages only those; `expires` (naive: UTC) must lie ahead."""
         if role not in (ADMIN, READER):
             raise ValueError(f"role must be '{ADMIN}' or '{READER}', not {role!r}")
-        collections = [check_collection_name(c) for c in (collections or [])]
+        collections = list(dict.fromkeys(check_collection_name(c) for c in (collections or [])))
         if role == READER and not collections:
             raise ValueError("a reader key needs the collections it may search (--collections a,b)")
-        if role == ADMIN and collections:
-            raise ValueError("an admin key reaches every collection: leave --collections out")
+        if expires is not None:
+            expires = _utc(expires).replace(microsecond=0)  # as stored
+            if expires <= datetime.now(timezone.utc):
+                raise ValueError(f"the expiry {expires.isoformat(timespec='seconds')} is already past")
+        for quota in (requests_per_minute, photos_per_hour):
+            if quota is not None and quota < 1:
+                raise ValueError(f"a quota must be at least 1, not {quota}")
         key_id = secrets.token_hex(6)
         token = f"{TOKEN_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        key = ApiKey(key_id, role, collections, name, sha256=_digest(token))
+        key = ApiKey(key_id, role, collections, name,
+                     expires=expires and expires.isoformat(timespec="seconds"),
+                     requests_per_minute=requests_per_minute, photos_per_hour=photos_per_hour,
+                     sha256=_digest(token))
         with self._writing() as keys:
             keys[key_id] = key
         return key, token
@@ -135,12 +170,27 @@ class KeyStore:
             key.revoked = key.revoked or _now()
         return key
 
-    def authenticate(self, token: str) -> ApiKey | None:
-        """The live key this token belongs to, else None (unknown, malformed, revoked)."""
+    def identify(self, token: str) -> ApiKey | None:
+        """The key this token proves, live or not (revoked, expired), else None (unknown, malformed, wrong
+        secret)."""
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
             return None
         key = self._read().get(parts[1])
-        if key is None or key.revoked or not hmac.compare_digest(key.sha256, _digest(token)):
+        if key is None or not hmac.compare_digest(key.sha256, _digest(token)):
             return None
         return key
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The live key this token belongs to, else None (unknown, malformed, revoked, expired)."""
+        key = self.identify(token)
+        return key if key is not None and key.state() == ACTIVE else None
+
+
+def claimed_id(token: str) -> str | None:
+    """The key id a token claims, when it has a key id's shape (never any of the secret)."""
+    parts = token.split("_", 2)
+    if len(parts) == 3 and parts[0] == TOKEN_PREFIX and len(parts[1]) == 12 and all(
+            c in "0123456789abcdef" for c in parts[1]):
+        return parts[1]
+    return None

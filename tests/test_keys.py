@@ -1,16 +1,20 @@
-"""API keys: only hashes are stored, revocation is immediate, grants are enforced, the CLI manages them."""
+"""API keys: only hashes are stored, revocation and expiry are immediate, grants and admin scopes are
+enforced, the CLI manages them."""
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from geoloc.cli import main
-from geoloc.keys import ADMIN, READER, AccessDenied, KeyStore
+from geoloc.keys import ACTIVE, ADMIN, EXPIRED, READER, REVOKED, AccessDenied, KeyStore, claimed_id
 
 
 @pytest.fixture
@@ -63,13 +67,52 @@ def test_scope_enforces_grants(store):
     admin.require_admin()
 
 
-def test_roles_and_grants_are_validated(store):
+def test_a_scoped_admin_manages_and_searches_only_its_collections(store):
+    scoped, _ = store.create(ADMIN, ["news", "archive", "news"])
+    assert scoped.collections == ["news", "archive"] and scoped.is_admin
+    scoped.require_admin("news")
+    with pytest.raises(AccessDenied, match="manages only news, archive, not secret"):
+        scoped.require_admin("secret")
+    assert scoped.scope(None) == ["news", "archive"] and scoped.scope(["archive"]) == ["archive"]
+    with pytest.raises(AccessDenied, match="may not search secret"):
+        scoped.scope(["secret"])
+    assert scoped.reaches("news") and not scoped.reaches("secret")
+    everything, _ = store.create(ADMIN)
+    everything.require_admin("secret")
+    assert everything.reaches("secret") and everything.scope(None) is None
+
+
+def test_roles_grants_expiry_and_quotas_are_validated(store):
     with pytest.raises(ValueError, match="needs the collections"):
         store.create(READER)
-    with pytest.raises(ValueError, match="every collection"):
-        store.create(ADMIN, ["news"])
     with pytest.raises(ValueError, match="invalid collection name"):
         store.create(READER, ["../x"])
+    with pytest.raises(ValueError, match="already past"):
+        store.create(ADMIN, expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+    with pytest.raises(ValueError, match="at least 1"):
+        store.create(ADMIN, photos_per_hour=0)
+    assert store.list() == []
+
+
+def test_an_expired_key_is_identified_but_refused(store):
+    key, token = store.create(READER, ["news"], expires=datetime.now(timezone.utc) + timedelta(hours=1))
+    assert key.state() == ACTIVE and store.authenticate(token).id == key.id
+    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    assert key.state(later) == EXPIRED
+    naive, _ = store.create(READER, ["news"], expires=datetime.now() + timedelta(days=400))  # naive: UTC
+    assert naive.expires.endswith("+00:00")
+    gone, gone_token = store.create(READER, ["news"], expires=datetime.now(timezone.utc) + timedelta(seconds=2))
+    assert store.authenticate(gone_token) is not None
+    time.sleep(2.1)
+    assert store.authenticate(gone_token) is None and store.identify(gone_token).state() == EXPIRED
+    store.revoke(key.id)
+    assert store.identify(token).state() == REVOKED and store.authenticate(token) is None
+
+
+def test_claimed_id_takes_only_an_id_shaped_part(store):
+    key, token = store.create(ADMIN)
+    assert claimed_id(token) == key.id and claimed_id(f"gk_{key.id}_wrong") == key.id
+    assert claimed_id("gk_NOT-AN-ID_x") is None and claimed_id("secret") is None
 
 
 def test_concurrent_creations_lose_no_key(store):
@@ -103,3 +146,52 @@ def test_cli_create_list_revoke(tmp_path, monkeypatch, capsys):
     assert KeyStore(tmp_path / "keys.json").authenticate(token) is None
     assert main(["keys", "create", "--reader"]) == 2
     assert "needs the collections" in capsys.readouterr().err
+
+
+def test_cli_scoped_admin_expiry_and_quotas_show_in_the_list(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GEOLOC_HOME", str(tmp_path))
+    monkeypatch.setenv("GEOLOC_KEY_REQUESTS_PER_MINUTE", "90")
+    assert main(["keys", "create", "--admin", "--collections", "news,archive", "--expires-in", "30d",
+                 "--photos-per-hour", "50", "--name", "desk editor"]) == 0
+    out = capsys.readouterr()
+    assert "admin key" in out.err and "news, archive" in out.err and "expires 20" in out.err
+    scoped_id = out.out.strip().split("_")[1]
+    assert main(["keys", "create", "--reader", "--collections", "news", "--expires", "2999-12-31"]) == 0
+    reader_id = capsys.readouterr().out.strip().split("_")[1]
+    assert main(["keys", "create", "--admin"]) == 0
+    everything_id = capsys.readouterr().out.strip().split("_")[1]
+    assert main(["keys", "revoke", everything_id]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    rows = {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()}
+    assert rows["id"][1:7] == ["role", "collections", "created", "expires", "state", "limits"]
+    scoped = rows[scoped_id]
+    in_30_days = datetime.fromisoformat(scoped[4]) - datetime.now(timezone.utc)
+    assert scoped[1:3] == ["admin", "news,archive"] and timedelta(days=29, hours=23) < in_30_days <= timedelta(days=30)
+    assert scoped[5:] == ["active", "90 req/min, 50 photos/h", "desk editor"]
+    assert rows[reader_id][4] == "3000-01-01T00:00:00+00:00"  # through the last day, UTC
+    assert rows[everything_id][2] == "*" and rows[everything_id][4] == "never"
+    assert rows[everything_id][5].startswith("revoked ")
+    assert main(["keys", "list", "--json"]) == 0
+    listed = {k["id"]: k for k in json.loads(capsys.readouterr().out)}
+    assert listed[scoped_id]["limits"] == {"requests_per_minute": 90, "photos_per_hour": 50}
+    assert listed[everything_id]["state"] == "revoked" and "sha256" not in listed[scoped_id]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--expires-in", "30"], "give a number and h, d or w"),
+    (["--expires-in=-3d"], "give a number and h, d or w"),
+    (["--expires-in", "3 months"], "give a number and h, d or w"),
+    (["--expires", "next week"], "give a date"),
+    (["--expires", "2001-01-01"], "already past"),
+    (["--expires-in", "1d", "--expires", "2999-01-01"], "not allowed with"),
+    (["--photos-per-hour", "0"], "at least 1"),
+])
+def test_cli_refuses_bad_expiry_and_quotas(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("GEOLOC_HOME", str(tmp_path))
+    try:
+        status = main(["keys", "create", "--admin", *argv])
+    except SystemExit as exc:  # argparse: a bad option value
+        status = exc.code
+    assert status == 2 and message in capsys.readouterr().err
+    assert KeyStore(tmp_path / "keys.json").list() == []
