@@ -1,5 +1,5 @@
-"""Append-only audit log of locate and similar calls: which key searched which collections, when, and
-what was answered.
+"""Append-only audit log of API requests: which key did what to which collections, when, how it was
+answered (a locate or search: what was answered) or why it was refused.
 
 One JSON object per line under the data home, appended under a file lock so API processes sharing the
 data home never interleave lines. The photo itself, or anything derived from it, is never written.
@@ -20,8 +20,9 @@ class AuditLog:
         self.path = Path(path)
         self._lock = FileLock(self.path.with_name(self.path.name + ".lock"))
 
-    def record(self, key_id: str, endpoint: str, collections: list[str] | None, **details) -> None:
-        """`collections=None` is a search over every collection (an admin asking for none in particular)."""
+    def record(self, key_id: str | None, endpoint: str | None, collections: list[str] | None, **details) -> None:
+        """`collections=None` is a search over every collection (an admin asking for none in particular);
+        `key_id=None`, a key that proved nothing; `endpoint=None`, a request refused before it was routed."""
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "key": key_id,
                  "endpoint": endpoint, "collections": "all" if collections is None else list(collections),
                  **details}

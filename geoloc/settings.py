@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # API keys: off only for a trusted loopback (every caller is then an admin)
     require_keys: Flag = True
+    # per-key quotas (429 beyond them), shared by API processes through the broker's Redis when there is one;
+    # a key may carry its own (geoloc keys create --requests-per-minute, --photos-per-hour)
+    key_requests_per_minute: Count = 600
+    key_photos_per_hour: Count = 6000  # photos sent: to locate, to search with, to add
     max_photo_bytes: Count = 20 << 20
     max_pixels: Count = 50_000_000
     max_batch_photos: Count = 100

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from geoloc import __version__
 from geoloc.settings import Settings
-from geoloc.search_api import errors, site
+from geoloc.search_api import audit_requests, errors, privacy, quotas, site
 from geoloc.search_api.limits import BodyLimit, mib
 from geoloc.search_api.routes import collections, health, jobs, query
 from geoloc.search_api.services import Services, build_services
@@ -45,6 +45,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(BodyLimit, max_bytes=request_limit,
                        hint=f"send at most {settings.max_batch_photos} photos of at most "
                             f"{mib(settings.max_photo_bytes)} each per request")
+    audit_requests.install(app)  # outside the body limit: refusals are audited too
+    privacy.install(app, settings)
+    quotas.install(app, settings)
     for module in (query, collections, jobs):
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)

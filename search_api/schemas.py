@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import PureWindowsPath
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _name_inside(source: str) -> str:
+    """A photo's name inside its collection, never a server path: one that is absolute or climbs out with
+    '..' (an upload named by its full path, an old gallery's entry) is cut to its file name."""
+    path = PureWindowsPath(source)  # reads '/' and '\\' as separators, and drive letters
+    return path.name if path.anchor or ".." in path.parts or source.startswith("~") else source
 
 
 def _example(example: dict) -> ConfigDict:
@@ -40,7 +48,8 @@ class Neighbour(BaseModel):
     km: float | None = Field(description="Great-circle distance to the answer (locate) or to the centre "
                                          "(similar with a radius); null otherwise")
     collection: str
-    source: str = Field(description="Where the photo came from (its file name)")
+    source: Annotated[str, AfterValidator(_name_inside)] = Field(
+        description="Its name inside the collection (the path within the imported folder, or the file name)")
     photo_url: str = Field(description="The original photo, for keys that may read its collection")
     place: Place | None = Field(None, description="The nearest populated place to the photo")
 

@@ -77,7 +77,8 @@ def test_locate_answers_with_evidence_and_is_audited(api, photos):
     assert entry["key"] == api["reader_id"] and entry["endpoint"] == "locate"
     assert entry["collections"] == ["news"] and entry["outcome"] == "answered"
     assert entry["answer"]["lat"] == pytest.approx(answer["lat"])
-    assert set(entry) <= {"time", "key", "endpoint", "collections", "outcome", "k", "top_cells", "answer"}
+    assert set(entry) <= {"time", "key", "endpoint", "collections", "outcome", "k", "top_cells", "answer", "prior",
+                          "request", "status", "photos"}
 
 
 def test_reader_never_receives_a_photo_of_an_ungranted_collection(api, photos):

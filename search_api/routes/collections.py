@@ -16,7 +16,7 @@ from geoloc.job_store import Outcome
 from geoloc.jobs import check_import_path
 from geoloc.ingest.coordinates import GpsError, validate_coordinates
 from geoloc.ingest.records import point_id
-from geoloc.search_api.auth import Admin, Caller, Svc
+from geoloc.search_api.auth import Admin, AdminCreating, Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
 from geoloc.search_api.routes.common import checked_name, image_id
 from geoloc.search_api.schemas import (
@@ -56,13 +56,13 @@ def _accepted(svc: Services, response: Response, job_id: str, photos: list | Non
 def list_collections(svc: Svc, key: Caller):
     existing = _existing(svc)
     declared = svc.registry.all()
-    names = existing if key.is_admin else [n for n in key.collections if n in existing]
+    names = [n for n in existing if key.reaches(n)]
     return {"collections": [{"name": n, "photos": existing[n], **declared.get(n, {})} for n in sorted(names)]}
 
 
 @router.post("", response_model=CollectionInfo, status_code=201, summary="Declare a collection",
              responses={409: {"description": "The name is taken"}})
-def create_collection(svc: Svc, _: Admin, body: NewCollection):
+def create_collection(svc: Svc, _: AdminCreating, body: NewCollection):
     if body.name in _existing(svc):
         raise ApiError(409, "exists", f"collection '{body.name}' already exists")
     entry = svc.registry.add(body.name, body.description)

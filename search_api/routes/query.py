@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.aggregation import AGGREGATORS
 from geoloc.calibration import RADII_KM
 from geoloc.cells import corners
 from geoloc.geodesy import haversine_km
-from geoloc.keys import ApiKey
 from geoloc.locate import Locator
+from geoloc.search_api.audit_requests import details
 from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
 from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
 from geoloc.search_api.schemas import LocateResponse, SimilarResponse
 from geoloc.zero_shot import PRIORS
-from geoloc.search_api.services import Services
 
 router = APIRouter(tags=["search"])
 
@@ -30,20 +28,7 @@ KField = Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours to retrieve
 CollectionsField = Annotated[str | None, Form(
     description="Comma-separated collections to search; default: every collection the key may search",
     examples=["news,archive"])]
-
-
-@contextmanager
-def audited(svc: Services, key: ApiKey, endpoint: str, requested: list[str] | None, **request):
-    """Log the call, answered or refused, once it is over. `entry` collects what was searched and answered."""
-    entry: dict = {"collections": requested}
-    try:
-        yield entry
-    except Exception as exc:
-        outcome = "refused" if isinstance(exc, (ApiError, PermissionError, ValueError)) else "failed"
-        svc.audit.record(key.id, endpoint, entry.pop("collections"), outcome=outcome,
-                         error=str(exc) or type(exc).__name__, **request)
-        raise
-    svc.audit.record(key.id, endpoint, entry.pop("collections"), outcome="answered", **request, **entry)
+Audit = Annotated[dict, Depends(details)]  # what this request's audit line says it searched and answered
 
 
 @router.post("/locate", response_model=LocateResponse, responses=ERROR_RESPONSES,
@@ -51,7 +36,8 @@ def audited(svc: Services, key: ApiKey, endpoint: str, requested: list[str] | No
              description="The estimated location, its evidence (the most similar located photos) and, "
                          "with a model bundle, the likely cells and a confidence. With a bundle the search "
                          "is Search-within-Cell: the top K inside the predicted cell(s).")
-def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
+def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
+           collections: CollectionsField = None,
            top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle or a prior: cells to search")] = 1,
            aggregator: Annotated[Literal[AGGREGATORS.names()], Form(
                description="How the neighbours become one answer (cluster: DBSCAN, the paper's)")] = "cluster",
@@ -63,17 +49,17 @@ def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections
            prior: Annotated[Literal[PRIORS] | None, Form(description=(
                "zero-shot: Search-within-Cell without a trained classifier, the cells' probabilities from a "
                "CLIP-family model's text tower and the names of the gallery's places; default: none"))] = None):
-    requested = parse_collections(collections)
-    with audited(svc, key, "locate", requested, k=k, top_cells=top_cells, prior=prior) as entry:
-        scope = entry["collections"] = key.scope(requested)
-        image = read_photo(photo, svc.settings)
-        embedder, gallery = svc.serving()
-        locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
-                          min_confidence=min_confidence, within_km=float(within_km), prior=prior)
-        locator.check_ready()
-        answer = locator.locate([image])[0].to_dict()
-        entry["answer"] = {"lat": answer["lat"], "lon": answer["lon"], "method": answer["method"],
-                           "cell": (answer["cell"] or {}).get("token"), "confidence": answer["confidence"]}
+    requested = audit["collections"] = parse_collections(collections)
+    audit.update(k=k, top_cells=top_cells, prior=prior)
+    scope = audit["collections"] = key.scope(requested)
+    image = read_photo(photo, svc.settings)
+    embedder, gallery = svc.serving()
+    locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
+                      min_confidence=min_confidence, within_km=float(within_km), prior=prior)
+    locator.check_ready()
+    answer = locator.locate([image])[0].to_dict()
+    audit["answer"] = {"lat": answer["lat"], "lon": answer["lon"], "method": answer["method"],
+                       "cell": (answer["cell"] or {}).get("token"), "confidence": answer["confidence"]}
     for n in answer["neighbours"]:
         n["photo_url"] = photo_url(n["collection"], n["id"])
     for cell in filter(None, [answer["cell"], *answer["candidates"]]):
@@ -84,25 +70,26 @@ def locate(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections
 @router.post("/similar", response_model=SimilarResponse, responses=ERROR_RESPONSES,
              summary="The most similar located photos",
              description="Plain retrieval, optionally only within `radius_km` of (`lat`, `lon`).")
-def similar(svc: Svc, key: Caller, photo: PhotoField, k: KField = 10, collections: CollectionsField = None,
+def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
+            collections: CollectionsField = None,
             lat: Annotated[float | None, Form(ge=-90, le=90, description="Centre latitude")] = None,
             lon: Annotated[float | None, Form(ge=-180, le=180, description="Centre longitude")] = None,
             radius_km: Annotated[float | None, Form(gt=0, le=20040, description="Radius around the centre")] = None):
     given = [v is not None for v in (lat, lon, radius_km)]
     if any(given) and not all(given):
         raise ApiError(422, "invalid_request", "lat, lon and radius_km go together: give all three or none")
-    requested = parse_collections(collections)
+    requested = audit["collections"] = parse_collections(collections)
     centre = (lat, lon, radius_km) if all(given) else None
-    with audited(svc, key, "similar", requested, k=k, centre=centre) as entry:
-        scope = entry["collections"] = key.scope(requested)
-        image = read_photo(photo, svc.settings)
-        embedder, gallery = svc.serving()
-        gallery.check_model(embedder.model_id)
-        vector = embedder.vectors(embedder.features([image]))[0]
-        hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
-        entry["results"] = len(hits)
-        if hits:
-            entry["answer"] = {"lat": hits[0].lat, "lon": hits[0].lon}
+    audit.update(k=k, centre=centre)
+    scope = audit["collections"] = key.scope(requested)
+    image = read_photo(photo, svc.settings)
+    embedder, gallery = svc.serving()
+    gallery.check_model(embedder.model_id)
+    vector = embedder.vectors(embedder.features([image]))[0]
+    hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
+    audit["results"] = len(hits)
+    if hits:
+        audit["answer"] = {"lat": hits[0].lat, "lon": hits[0].lon}
     km = (haversine_km(np.array([h.lat for h in hits]), np.array([h.lon for h in hits]), lat, lon)
           if centre and hits else [None] * len(hits))
     neighbours = [{"id": h.id, "lat": h.lat, "lon": h.lon, "similarity": h.score,
