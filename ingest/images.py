@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 
 from PIL import Image, ImageOps
+from pillow_heif import register_heif_opener
 
-SUPPORTED_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+SUPPORTED_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif"}
 # Pillow guesses the format from the bytes, not the name: only these decoders may run (JPEG's covers the
-# MPO files many phones write). A ".jpg" holding PostScript would otherwise reach Ghostscript.
-DECODERS = ("JPEG", "PNG", "WEBP", "TIFF")
+# MPO files many phones write; HEIF, through pillow-heif, the HEIC photos of iPhones). A ".jpg" holding
+# PostScript would otherwise reach Ghostscript.
+DECODERS = ("JPEG", "PNG", "WEBP", "TIFF", "HEIF")
+register_heif_opener(thumbnails=False, depth_images=False)  # the primary image only, never its thumbnails or depth maps
 Image.init()  # registers every plugin now: Image.open(formats=...) fails on a format not yet registered
 DEFAULT_MAX_PIXELS = 50_000_000
 
