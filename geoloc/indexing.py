@@ -19,6 +19,9 @@ from geoloc.ingest.records import PhotoRecord, Skipped, point_id
 from geoloc.ingest.sources import iter_source
 from geoloc.settings import Settings
 
+ALREADY_INDEXED = "already_indexed"  # skip reason: the collection holds this photo, as it would be written again
+
+
 @dataclass
 class IndexReport:
     collection: str
@@ -46,31 +49,85 @@ class IndexReport:
         return path
 
 
+def _same_payload(stored: dict, payload: dict) -> bool:
+    """Equal, but for the last bits of a coordinate (the gallery may round a geo point's degrees)."""
+    here, there = stored.get("location") or {}, payload["location"]
+    return ({**stored, "location": None} == {**payload, "location": None}
+            and all(abs(here.get(axis, float("inf")) - there[axis]) < 1e-9 for axis in ("lat", "lon")))
+
+
+class _Batches:
+    """Records in, gallery points out: each batch is looked up by point id before the backbone sees it, and
+    only photos the collection does not hold yet are embedded, batch_size at a time."""
+
+    def __init__(self, collection: str, gallery: Gallery, embedder: Embedder, report: IndexReport,
+                 batch_size: int):
+        self.collection, self.gallery, self.embedder, self.report = collection, gallery, embedder, report
+        self.batch_size = max(1, batch_size)
+        self.to_look_up: list[PhotoRecord] = []
+        self.to_embed: list[tuple[str, PhotoRecord, dict]] = []
+
+    def add(self, record: PhotoRecord) -> None:
+        self.to_look_up.append(record)
+        if len(self.to_look_up) >= self.batch_size:
+            self._look_up()
+
+    def finish(self) -> None:
+        self._look_up()
+        self._embed(len(self.to_embed))
+
+    def _payload(self, record: PhotoRecord) -> dict:
+        return make_payload(self.collection, record.lat, record.lon, record.source, self.embedder.model_id,
+                            record.sha256, record.extra, self.embedder.bundle_id)
+
+    def _look_up(self) -> None:
+        """A photo stored with the payload it would get again is skipped as already_indexed; one stored by
+        the same model under another payload (a manifest's corrected coordinates) keeps its vector."""
+        records = {point_id(self.collection, r.sha256): r for r in self.to_look_up}
+        stored = {hit.id: hit for hit in self.gallery.retrieve(list(records))} if records else {}
+        relabelled = []
+        for pid, record in records.items():
+            payload, hit = self._payload(record), stored.get(pid)
+            same_model = hit is not None and hit.vector is not None and all(
+                hit.payload.get(key) == payload[key] for key in ("model", "bundle"))
+            if not same_model:
+                self.to_embed.append((pid, record, payload))
+            elif _same_payload(hit.payload, payload):
+                self.report.skip(record.source, ALREADY_INDEXED)
+            else:
+                relabelled.append(GalleryPoint(pid, hit.vector, payload))
+        self._write(relabelled)
+        self.to_look_up.clear()
+        while len(self.to_embed) >= self.batch_size:
+            self._embed(self.batch_size)
+
+    def _embed(self, n: int) -> None:
+        batch, self.to_embed = self.to_embed[:n], self.to_embed[n:]
+        if batch:
+            vectors = self.embedder.vectors(self.embedder.features([record.image for _, record, _ in batch]))
+            self._write([GalleryPoint(pid, v, payload) for (pid, _, payload), v in zip(batch, vectors)])
+
+    def _write(self, points: list[GalleryPoint]) -> None:
+        if points:
+            self.gallery.upsert(points)
+            self.report.indexed += len(points)
+
+
 def index_records(records: Iterable[PhotoRecord | Skipped], collection: str, gallery: Gallery,
                   embedder: Embedder, batch_size: int = 32, source: str = "",
                   progress: Callable[[PhotoRecord | Skipped], None] | None = None) -> IndexReport:
     """Embed and upsert usable records batch by batch; skip the rest with their reason.
 
     Idempotent: point ids come from (collection, image digest), so a rerun after an interruption, or the
-    same photo twice in one source, never duplicates a photo.
+    same photo twice in one source, never duplicates a photo; and cheap to rerun: photos the collection
+    already holds are skipped (`already_indexed`) before the backbone runs.
     """
     check_collection_name(collection)
     gallery.check_model(embedder.model_id)
     report = IndexReport(collection, source, embedder.model_id)
     start = time.perf_counter()
     seen: set[str] = set()
-    batch: list[PhotoRecord] = []
-
-    def flush() -> None:
-        vectors = embedder.vectors(embedder.features([r.image for r in batch]))
-        points = [GalleryPoint(point_id(collection, r.sha256), v,
-                               make_payload(collection, r.lat, r.lon, r.source, embedder.model_id,
-                                            r.sha256, r.extra, embedder.bundle_id))
-                  for r, v in zip(batch, vectors)]
-        gallery.upsert(points)
-        report.indexed += len(points)
-        batch.clear()
-
+    batches = _Batches(collection, gallery, embedder, report, batch_size)
     for record in records:
         if isinstance(record, Skipped):
             report.skip(record.source, record.reason)
@@ -78,13 +135,10 @@ def index_records(records: Iterable[PhotoRecord | Skipped], collection: str, gal
             report.skip(record.source, "duplicate_photo")
         else:
             seen.add(record.sha256)
-            batch.append(record)
-            if len(batch) >= batch_size:
-                flush()
+            batches.add(record)
         if progress:
             progress(record)
-    if batch:
-        flush()
+    batches.finish()
     report.seconds = time.perf_counter() - start
     return report
 
