@@ -165,7 +165,7 @@ def test_reindexing_never_duplicates_and_drop_empties(indexed):
     before = geoloc(indexed, "collections").stdout
     assert geoloc(indexed, "index", str(subset), "--collection", "real").returncode == 0
     assert geoloc(indexed, "collections").stdout == before
-    dropped = geoloc(indexed, "drop", "real")
+    dropped = geoloc(indexed, "drop", "real", "--yes")
     assert dropped.returncode == 0 and "removed" in dropped.stdout
     assert "empty" in geoloc(indexed, "collections").stdout
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from geoloc.cli import collections, encoders, keys, learning, locate, models, service
 from geoloc.cli.common import USER_ERRORS
@@ -11,8 +12,16 @@ from geoloc.cli.common import USER_ERRORS
 COMMAND_GROUPS = (collections, locate, learning, encoders, models, service, keys)
 
 
+def installed_version() -> str:
+    try:
+        return version("geoloc")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoloc", description="Where was this photo taken?")
+    parser.add_argument("--version", action="version", version=f"geoloc {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)

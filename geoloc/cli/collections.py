@@ -1,13 +1,20 @@
-"""Reference collections: index photos into one, list them, drop one, prune one."""
+"""Reference collections: index photos into one, list them, drop one (after asking), prune one (or preview it)."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from geoloc.cli.common import UserError, add_model_options, print_counts, runtime_from
+from geoloc.cli.common import UserError, add_json_option, add_model_options, confirm, print_counts, print_json, \
+    runtime_from
+from geoloc.cli.dry_run import RecordingGallery
+from geoloc.job_store import FileJobStore
 
 
 def cmd_index(args) -> int:
@@ -24,6 +31,9 @@ def cmd_index(args) -> int:
                               progress=lambda _: bar.update())
         in_collection = gallery.collections().get(args.collection, 0)
         saved = report.save(runtime.settings.reports_dir)
+    if args.json:
+        print_json({**report.to_dict(), "in_collection": in_collection, "report": str(saved)})
+        return 0
     print(f"indexed {report.indexed} photos into '{args.collection}' ({in_collection} in the collection) "
           f"in {report.seconds:.1f} s")
     print_counts(report.skipped)
@@ -34,6 +44,9 @@ def cmd_index(args) -> int:
 def cmd_collections(args) -> int:
     with runtime_from(args).open_gallery() as gallery:
         names = gallery.collections()
+    if args.json:
+        print_json({"collections": [{"name": name, "photos": count} for name, count in sorted(names.items())]})
+        return 0
     if not names:
         print("the gallery is empty")
     for name, count in sorted(names.items()):
@@ -43,41 +56,74 @@ def cmd_collections(args) -> int:
 
 def cmd_drop(args) -> int:
     with runtime_from(args).open_gallery() as gallery:
-        if args.name not in gallery.collections():
+        count = gallery.collections().get(args.name)
+        if count is None:
             raise UserError(f"no collection named '{args.name}'")
+        if not confirm(f"Delete collection '{args.name}' and its {count} photos from the gallery?", args.yes):
+            print("nothing dropped", file=sys.stderr)
+            return 1
         removed = gallery.delete_collection(args.name)
-    print(f"dropped '{args.name}': {removed} photos removed")
+    if args.json:
+        print_json({"collection": args.name, "removed": removed})
+    else:
+        print(f"dropped '{args.name}': {removed} photos removed")
     return 0
 
 
 def cmd_prune(args) -> int:
-    from geoloc.jobs import InProcessRunner, Jobs
-
     if not (args.unplaceable or args.box or args.radius):
         raise UserError("say what to prune: --unplaceable, --box S W N E and/or --radius LAT LON KM")
     with runtime_from(args) as runtime:
         if args.unplaceable and not runtime.settings.bundle:
             raise UserError("--unplaceable needs the model bundle whose classifier decides: --bundle DIR")
-        gallery, store = runtime.gallery(), runtime.job_store()
-        if args.collection not in gallery.collections():
+        if args.collection not in runtime.gallery().collections():
             raise UserError(f"no collection named '{args.collection}'")
-        runner = InProcessRunner(runtime.job_context, store)  # the command holds the gallery: it runs the job itself
+        job, preview = _run_prune(runtime, args)
+    if args.json:
+        print_json({**job, **({"examples": preview} if args.dry_run else {})})
+    else:
+        _print_prune(args.collection, job, preview if args.dry_run else None)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _run_prune(runtime, args) -> tuple[dict, list[dict]]:
+    """The prune job, run here (the command holds the gallery). A dry run gives it a gallery that only
+    records what it would delete, and a job store of its own, thrown away: nothing in the gallery or the
+    job history changes. Returns the job's final record and, for a dry run, a few of the photos it names."""
+    from geoloc.jobs import InProcessRunner, Jobs
+
+    gallery = RecordingGallery(runtime.gallery()) if args.dry_run else runtime.gallery()
+    with tempfile.TemporaryDirectory(prefix="geoloc-dry-run-") if args.dry_run else nullcontext() as scratch:
+        store = FileJobStore(scratch) if args.dry_run else runtime.job_store()
+        runner = InProcessRunner(lambda: replace(runtime.job_context(), gallery=gallery, jobs=store), store)
         try:
             job_id = Jobs(store, runner, runtime.settings.job_batch).prune(
                 gallery, args.collection, "cli", box=args.box, radius=args.radius, unplaceable=args.unplaceable)
-            job = follow_job(store, job_id, "pruning")
+            job = follow_job(store, job_id, "checking" if args.dry_run else "pruning")
         finally:
             runner.close()
-    print(f"removed {job['removed']} of {job['total']} photos checked in '{args.collection}'"
+    if not args.dry_run:
+        return job, []
+    job = {**{k: v for k, v in job.items() if k != "id"}, "dry_run": True, "removed": 0,
+           "would_remove": gallery.would_delete}
+    return job, [{"id": h.id, "source": h.payload.get("source"), "lat": h.lat, "lon": h.lon} for h in gallery.examples]
+
+
+def _print_prune(collection: str, job: dict, preview: list[dict] | None) -> None:
+    verb, count = ("would remove", job["would_remove"]) if preview is not None else ("removed", job["removed"])
+    print(f"{verb} {count} of {job['total']} photos checked in '{collection}'"
           + (f"; skipped {job['skipped']} ({', '.join(f'{k}: {v}' for k, v in job['reasons'].items())})"
              if job["skipped"] else ""))
-    return 0 if job["state"] == "succeeded" else 1
+    for example in preview or []:
+        print(f"  {example['source']}  {example['lat']:.5f}, {example['lon']:.5f}")
+    if preview is not None:
+        print("dry run: nothing was removed")
 
 
 def follow_job(store, job_id: str, desc: str) -> dict:
     """Show a job's progress until it ends; its final record."""
     with tqdm(total=store.get(job_id)["total"], unit="photo", desc=desc) as bar:
-        while (job := store.get(job_id))["state"] not in ("succeeded", "failed"):
+        while (job := store.get(job_id))["state"] in ("queued", "running"):
             bar.n = job["done"] + job["skipped"] + job["failed"]
             bar.refresh()
             time.sleep(0.2)
@@ -88,14 +134,18 @@ def register(sub) -> None:
     p = sub.add_parser("index", help="index a folder of geotagged photos or a CSV manifest")
     p.add_argument("source", help="folder (recursive, EXIF GPS) or CSV manifest filename,lat,lon[,...]")
     p.add_argument("--collection", required=True, help="reference collection to add the photos to")
+    add_json_option(p)
     add_model_options(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("collections", help="list reference collections and their photo counts")
+    add_json_option(p)
     p.set_defaults(func=cmd_collections)
 
-    p = sub.add_parser("drop", help="delete a reference collection")
+    p = sub.add_parser("drop", help="delete a reference collection (asks first, showing how many photos)")
     p.add_argument("name")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    add_json_option(p)
     p.set_defaults(func=cmd_drop)
 
     p = sub.add_parser("prune", help="remove photos from a collection: unplaceable ones, or a region")
@@ -104,5 +154,8 @@ def register(sub) -> None:
                    help="photos the bundle's classifier puts outside their own cell (paper 3.3.3)")
     p.add_argument("--box", nargs=4, type=float, metavar=("SOUTH", "WEST", "NORTH", "EAST"))
     p.add_argument("--radius", nargs=3, type=float, metavar=("LAT", "LON", "KM"))
+    p.add_argument("--dry-run", action="store_true",
+                   help="show how many photos would go, and a few of them; remove nothing")
+    add_json_option(p)
     add_model_options(p)
     p.set_defaults(func=cmd_prune)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from geoloc.gallery.base import GalleryError
 from geoloc.ingest.images import ImageError
@@ -59,6 +61,44 @@ def head_name(name: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return name
+
+
+class ListOption(argparse.Action):
+    """A list option in one syntax for every command: `--opt a,b`, `--opt a b`, or both, and repeatable.
+    The first use replaces the default; later uses add to it."""
+
+    def __init__(self, option_strings, dest, nargs="+", **kwargs):
+        super().__init__(option_strings, dest, nargs=nargs, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [part.strip() for value in values for part in value.split(",") if part.strip()]
+        if not items:
+            parser.error(f"{option_string} needs at least one value")
+        previous = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (list(previous) if previous and previous is not self.default else []) + items)
+
+
+def add_list_option(parser: argparse.ArgumentParser, *flags: str, help: str, **kwargs) -> None:
+    parser.add_argument(*flags, action=ListOption, help=f"{help} (A,B or A B)", **kwargs)
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
+
+
+def print_json(document) -> None:
+    print(json.dumps(document, indent=2))
+
+
+def confirm(question: str, yes: bool) -> bool:
+    """Whether to go ahead: --yes, or an answer of y at the terminal. With no terminal to ask on and no --yes,
+    a UserError: a script that deletes must say so."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError(f"{question} Refused: no terminal to confirm on; pass --yes to go ahead without asking")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def print_counts(counts: dict[str, int], verb: str = "skipped") -> None:

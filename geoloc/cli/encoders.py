@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
-
-from geoloc.cli.common import add_encoder_options, settings_from
+from geoloc.cli.common import add_encoder_options, add_json_option, print_json, settings_from
 
 
 def cmd_encoders(args) -> int:
@@ -14,7 +12,7 @@ def cmd_encoders(args) -> int:
     settings = settings_from(args)
     rows = describe_encoders(settings.backbone, settings.checkpoint)
     if args.json:
-        print(json.dumps({"selected": settings.backbone, "encoders": [row.to_dict() for row in rows]}, indent=2))
+        print_json({"selected": settings.backbone, "encoders": [row.to_dict() for row in rows]})
         return 0
     width = max(len(row.name) for row in rows)
     print(f"  {'encoder':<{width}}  {'dim':>5}  weights")
@@ -31,13 +29,17 @@ def cmd_encoders(args) -> int:
 def cmd_fetch(args) -> int:
     from geoloc.models.encoders import fetch_weights
 
-    print(fetch_weights(args.name))
+    message = fetch_weights(args.name)
+    if args.json:
+        print_json({"encoder": args.name, "message": message})
+    else:
+        print(message)
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("encoders", help="image encoders: dimension, whether their weights are here, how to get them")
-    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    add_json_option(p)
     add_encoder_options(p)
     p.set_defaults(func=cmd_encoders)
 
@@ -45,4 +47,5 @@ def register(sub) -> None:
     verbs = p.add_subparsers(dest="verb", required=True)
     fetch = verbs.add_parser("fetch", help="download an encoder's weights into the Hugging Face cache (needs the hub)")
     fetch.add_argument("name", help="a name from `geoloc encoders`, or hf-hub:ORG/REPO (an open_clip repository)")
+    add_json_option(fetch)
     fetch.set_defaults(func=cmd_fetch)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from datetime import date, datetime, time, timedelta, timezone
 
+from geoloc.cli.common import add_json_option, add_list_option, print_json
 from geoloc.settings import Settings
 
 UNITS = {"h": "hours", "d": "days", "w": "weeks"}
@@ -43,14 +43,16 @@ def moment(text: str) -> datetime:
 def cmd_keys_create(args) -> int:
     from geoloc.keys import ADMIN, READER
 
-    collections = [c.strip() for c in (args.collections or "").split(",") if c.strip()]
     expires = datetime.now(timezone.utc) + args.expires_in if args.expires_in else args.expires
-    key, token = _store().create(ADMIN if args.admin else READER, collections, args.name, expires=expires,
+    key, token = _store().create(ADMIN if args.admin else READER, args.collections or [], args.name, expires=expires,
                                  requests_per_minute=args.requests_per_minute, photos_per_hour=args.photos_per_hour)
     scope = ", ".join(key.collections) or "every collection"
     until = f", expires {key.expires}" if key.expires else ""
     print(f"created {key.role} key {key.id} ({scope}{until}); the token below is shown only once", file=sys.stderr)
-    print(token)
+    if args.json:
+        print_json({**key.public(), "token": token})
+    else:
+        print(token)
     return 0
 
 
@@ -63,9 +65,9 @@ def _limits(key, settings: Settings) -> str:
 def cmd_keys_list(args) -> int:
     keys, settings = _store().list(), Settings()
     if args.json:
-        print(json.dumps([{**k.public(), "state": k.state(), "limits": {
+        print_json([{**k.public(), "state": k.state(), "limits": {
             "requests_per_minute": k.requests_per_minute or settings.key_requests_per_minute,
-            "photos_per_hour": k.photos_per_hour or settings.key_photos_per_hour}} for k in keys], indent=2))
+            "photos_per_hour": k.photos_per_hour or settings.key_photos_per_hour}} for k in keys])
         return 0
     if not keys:
         print("no keys yet: geoloc keys create --admin")
@@ -80,7 +82,10 @@ def cmd_keys_list(args) -> int:
 
 def cmd_keys_revoke(args) -> int:
     key = _store().revoke(args.id)
-    print(f"revoked {key.role} key {key.id}")
+    if args.json:
+        print_json({**key.public(), "state": key.state()})
+    else:
+        print(f"revoked {key.role} key {key.id}")
     return 0
 
 
@@ -89,8 +94,8 @@ def _add_create(keys) -> None:
     role = k.add_mutually_exclusive_group(required=True)
     role.add_argument("--admin", action="store_true", help="manages collections (every one, or --collections)")
     role.add_argument("--reader", action="store_true", help="locates and searches granted collections")
-    k.add_argument("--collections", help="comma-separated: a reader's to search, an admin's to manage "
-                                         "(an admin without them manages every collection)")
+    add_list_option(k, "--collections", metavar="NAME", help="a reader's to search, an admin's to manage "
+                                                             "(an admin without them manages every collection)")
     k.add_argument("--name", default="", help="a note on who or what uses the key")
     until = k.add_mutually_exclusive_group()
     until.add_argument("--expires-in", type=duration, metavar="SPAN", help="the key stops working after 12h, 30d, 2w")
@@ -100,6 +105,7 @@ def _add_create(keys) -> None:
                    help="this key's request quota (default GEOLOC_KEY_REQUESTS_PER_MINUTE)")
     k.add_argument("--photos-per-hour", type=int, metavar="N",
                    help="this key's photo quota (default GEOLOC_KEY_PHOTOS_PER_HOUR)")
+    add_json_option(k)
     k.set_defaults(func=cmd_keys_create)
 
 
@@ -108,8 +114,9 @@ def register(sub) -> None:
     keys = p.add_subparsers(dest="keys_command", required=True)
     _add_create(keys)
     k = keys.add_parser("list", help="list keys with their scope, expiry, state and quotas (never their tokens)")
-    k.add_argument("--json", action="store_true")
+    add_json_option(k)
     k.set_defaults(func=cmd_keys_list)
     k = keys.add_parser("revoke", help="revoke a key at once")
     k.add_argument("id")
+    add_json_option(k)
     k.set_defaults(func=cmd_keys_revoke)

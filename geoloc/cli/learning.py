@@ -8,7 +8,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from geoloc.aggregation import AGGREGATORS
-from geoloc.cli.common import add_model_options, head_name, print_counts, settings_from
+from geoloc.cli.common import add_json_option, add_list_option, add_model_options, head_name, print_counts, \
+    print_json, settings_from
 
 
 def cmd_split(args) -> int:
@@ -16,6 +17,9 @@ def cmd_split(args) -> int:
 
     gallery_csv, queries_csv, counts = split_manifest(Path(args.manifest), Path(args.out), args.by,
                                                       args.query_fraction, args.seed)
+    if args.json:
+        print_json({"gallery": str(gallery_csv), "queries": str(queries_csv), "by": args.by, "photos": counts})
+        return 0
     print(f"{counts['gallery']} gallery photos -> {gallery_csv}")
     print(f"{counts['queries']} query photos -> {queries_csv}  (no '{args.by}' on both sides)")
     return 0
@@ -33,6 +37,10 @@ def cmd_features(args) -> int:
                              batch_size=settings.batch_size)
     with tqdm(total=total, unit="photo", desc="features") as bar:
         features, skipped = extract_features(args.source, out, backbone, progress=bar.update)
+    if args.json:
+        print_json({"out": out, "photos": len(features), "dim": int(features.features.shape[1]),
+                    "model": features.model_id, "skipped": dict(skipped)})
+        return 0
     print(f"{len(features)} photos x {features.features.shape[1]} features ({features.model_id}) -> {out}")
     print_counts(skipped)
     return 0
@@ -43,9 +51,15 @@ def cmd_train(args) -> int:
     from geoloc.training import train_bundle
 
     features = load_features(args.features)
-    kinds = tuple(k.strip() for k in args.heads.split(",") if k.strip())
-    print(f"training on {len(features)} photos ({features.model_id}): heads {', '.join(kinds)} and the RRM")
+    kinds = tuple(args.heads)
+    print(f"training on {len(features)} photos ({features.model_id}): heads {', '.join(kinds)} and the RRM",
+          file=sys.stderr)
     bundle = train_bundle(features, args.out, kinds=kinds, seed=args.seed, device=settings_from(args).device)
+    if args.json:
+        print_json({"bundle": bundle.bundle_id, "out": args.out, "model": features.model_id,
+                    "photos": len(features), "fine_cells": len(bundle.hierarchy.fine),
+                    "metrics": bundle.manifest["metrics"]})
+        return 0
     for name, metrics in bundle.manifest["metrics"].items():
         top1 = metrics.get("val_top1")
         shown = "n/a" if top1 is None else f"{100 * top1:.1f}%"
@@ -64,6 +78,9 @@ def cmd_eval(args) -> int:
     report = cross_validate(features, folds=args.folds, seed=args.seed,
                             progress=lambda line: print(line, file=sys.stderr))
     paths = write_report(report, Path(args.out))
+    if args.json:
+        print_json({**report, "written": {kind: str(path) for kind, path in paths.items()}})
+        return 0
     print(markdown(report))
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -81,6 +98,9 @@ def cmd_calibrate(args) -> int:
                                       top_cells=args.top_cells, head=args.head, data=args.data or str(args.features),
                                       default=args.as_default,
                                       progress=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print_json({"calibrator": calibrator.id, "path": str(path), **calibrator.info})
+        return 0
     print(f"calibrator {calibrator.id} -> {path}")
     checked = calibrator.info.get("cross_validation", {})
     if checked:
@@ -98,20 +118,24 @@ def register(sub) -> None:
     p.add_argument("--by", default="photographer", help="column whose values never straddle the split")
     p.add_argument("--query-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    add_json_option(p)
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("features", help="cache backbone features of a labelled source (resumable)")
     p.add_argument("source", help="folder or CSV manifest (a 'photographer' column is kept for splits)")
     p.add_argument("--out", required=True, help="output .npz file")
+    add_json_option(p)
     add_model_options(p)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("train", help="train the cell classifiers and the RRM on a feature cache -> a bundle")
     p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
     p.add_argument("--out", required=True, help="bundle directory to create")
-    p.add_argument("--heads", default="ce,hc,mvmf", help="heads to train (default ce,hc,mvmf; SwC uses mvmf)")
+    add_list_option(p, "--heads", default=["ce", "hc", "mvmf"], metavar="HEAD",
+                    help="heads to train (default ce,hc,mvmf; SwC uses mvmf)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="auto, cpu, cuda ... (default auto)")
+    add_json_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="fit the probabilities answers carry, on labelled photos, "
@@ -132,6 +156,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="what these photos are, in words, recorded with the calibrator")
     p.add_argument("--as-default", action="store_true",
                    help="mark it as geoloc's shipped default (how geoloc/default_calibration.json is made)")
+    add_json_option(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval", help="photographer-disjoint k-fold evaluation of every method")
@@ -139,4 +164,5 @@ def register(sub) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval", help="folder for eval.md, eval.json and eval.png")
+    add_json_option(p)
     p.set_defaults(func=cmd_eval)

@@ -1,8 +1,8 @@
-"""`geoloc locate`: answers for photos, scored against the truth when they come from a CSV manifest."""
+"""`geoloc locate`: answers for photos, folders of photos and CSV manifests (whose truth scores them), as a
+table for people or in a format for machines (geoloc.cli.formats)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,18 +10,39 @@ from tqdm import tqdm
 
 from geoloc.aggregation import AGGREGATORS
 from geoloc.calibration import RADII_KM
-from geoloc.cli.common import add_model_options, head_name, runtime_from
+from geoloc.cli.common import UserError, add_list_option, add_model_options, head_name, runtime_from
+from geoloc.cli.formats import FORMATS, WRITERS
 from geoloc.zero_shot import PRIORS
 
 
-def _query_items(names: list[str]):
-    """(name, image or None, truth or None, error) for each photo: CSV manifests carry truth, photos don't."""
+def _expand(names: list[str]) -> list[tuple[str, bool]]:
+    """(name, is a manifest) for each query: a folder gives every photo under it, recursively, of the types
+    ingest reads (others are not photos: passed over), in name order; a CSV stays a manifest."""
+    from geoloc.ingest.images import SUPPORTED_SUFFIXES
+    from geoloc.ingest.sources import list_entries
+
+    queries = []
+    for name in names:
+        if Path(name).is_dir():
+            photos = [(str(entry.path), False) for entry in list_entries(Path(name)) if entry.supported]
+            if not photos:
+                raise UserError(f"{name}: no photos in this folder ({', '.join(sorted(SUPPORTED_SUFFIXES))})")
+            queries += photos
+        else:
+            queries.append((name, name.lower().endswith(".csv")))
+    return queries
+
+
+def _query_items(queries: list[tuple[str, bool]], policy):
+    """(name, image or None, truth or None, error) for each photo: CSV manifests carry truth, photos don't.
+    A photo is read as ingest reads one (a regular file, at most the size `policy` allows)."""
+    from geoloc.ingest.files import FileSkip, read_bounded
     from geoloc.ingest.images import ImageError, open_image, to_rgb
     from geoloc.ingest.records import PhotoRecord
     from geoloc.ingest.sources import iter_source
 
-    for name in names:
-        if name.lower().endswith(".csv"):
+    for name, manifest in queries:
+        if manifest:
             for record in iter_source(name):
                 if isinstance(record, PhotoRecord):
                     yield record.source, record.image, (record.lat, record.lon), None
@@ -29,9 +50,9 @@ def _query_items(names: list[str]):
                     yield record.source, None, None, record.reason
             continue
         try:
-            yield name, to_rgb(open_image(Path(name).read_bytes())), None, None
-        except (OSError, ImageError) as exc:
-            yield name, None, None, getattr(exc, "strerror", None) or str(exc)
+            yield name, to_rgb(open_image(read_bounded(name, policy), policy.max_pixels)), None, None
+        except (FileSkip, ImageError) as exc:
+            yield name, None, None, str(exc)
 
 
 def _batches(items, size: int):
@@ -47,19 +68,23 @@ def _batches(items, size: int):
 
 def cmd_locate(args) -> int:
     from geoloc.evaluation import accuracy, errors_km
+    from geoloc.ingest.files import ReadPolicy
     from geoloc.ingest.sources import count_items
     from geoloc.locate import Locator
 
-    failures, results, errors = 0, [], []
+    queries = _expand(args.images)
+    failures, errors = 0, []
     with runtime_from(args) as runtime:
         locator = Locator(runtime.embedder, runtime.gallery(), k=args.k, aggregator=args.aggregator,
                           collections=args.collections, top_cells=args.top_cells, head=args.head,
                           min_confidence=args.min_confidence, within_km=args.within, prior=args.prior)
         locator.check_ready()
-        total = sum(count_items(Path(n)) if n.lower().endswith(".csv") else 1 for n in args.images)
+        total = sum(count_items(Path(name)) if manifest else 1 for name, manifest in queries)
         batch_size = runtime.settings.batch_size
         bar = tqdm(total=total, unit="photo", desc="locating", disable=total < 2 * batch_size)
-        for batch in _batches(_query_items(args.images), batch_size):
+        fmt = "json" if args.json else args.format
+        writer = WRITERS[fmt]() if fmt in WRITERS else None
+        for batch in _batches(_query_items(queries, ReadPolicy.from_settings(runtime.settings)), batch_size):
             bar.update(len(batch))
             for name, _, _, error in batch:
                 if error:
@@ -72,18 +97,18 @@ def cmd_locate(args) -> int:
                 if truth:
                     result["error_km"] = float(errors_km(answer.lat, answer.lon, *truth))
                     errors.append(result["error_km"])
-                results.append(result)
-                if not args.json:
+                if writer:
+                    writer.add(result)
+                else:
                     _print_answer(name, answer, result.get("error_km"))
         bar.close()
-    _print_summary(results, accuracy(errors) if errors else None, args.json)
+    summary = accuracy(errors) if errors else None
+    writer.finish(summary) if writer else _print_summary(summary)
     return 1 if failures else 0
 
 
-def _print_summary(results: list[dict], summary: dict | None, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({"answers": results, "accuracy": summary}, indent=2))
-    elif summary:
+def _print_summary(summary: dict | None) -> None:
+    if summary:
         print("accuracy over %d photos with known location: " % summary["n"]
               + ", ".join(f"{k} {v:.1f}%" for k, v in summary.items() if k.endswith("km") and k != "median_km")
               + f"; median error {summary['median_km']:.0f} km")
@@ -118,11 +143,15 @@ def _print_answer(name: str, answer, error_km: float | None = None) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("locate", help="estimate where photos were taken")
-    p.add_argument("images", nargs="+", help="photos, or CSV manifests (their lat/lon are scored)")
-    p.add_argument("--json", action="store_true", help="print answers as JSON")
+    p.add_argument("images", nargs="+", metavar="PHOTO|FOLDER|CSV",
+                   help="photos, folders of photos (recursive), or CSV manifests (their lat/lon are scored)")
+    p.add_argument("--format", default="table", choices=FORMATS,
+                   help="table (default, for people); json: one document; jsonl: one answer per line; csv: one "
+                        "row per photo; geojson: a FeatureCollection of the answers for GIS tools")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
     p.add_argument("--aggregator", default="cluster", choices=AGGREGATORS.names())
-    p.add_argument("--collections", nargs="*", help="search only these collections")
+    add_list_option(p, "--collections", metavar="NAME", help="search only these collections")
     p.add_argument("--top-cells", type=int, default=1, help="with a bundle or --prior: search the N likeliest cells")
     p.add_argument("--prior", choices=PRIORS,
                    help="cell probabilities without a trained classifier: zero-shot, from a CLIP-family encoder's "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from geoloc.cli.collections import follow_job
-from geoloc.cli.common import UserError
+from geoloc.cli.common import UserError, add_json_option, add_list_option, print_json
 from geoloc.settings import DEFAULT_BACKBONE, Settings
 
 
@@ -49,18 +49,23 @@ def cmd_models_reembed(args) -> int:
         if missing:
             raise UserError(f"no collection named {', '.join(sorted(missing))}")
         runner = InProcessRunner(runtime.job_context, store)
+        jobs = []
         try:
             for name in names:
                 job_id = Jobs(store, runner, runtime.settings.job_batch).reembed(gallery, name, "cli", target)
-                job = follow_job(store, job_id, f"re-embedding {name}")
-                print(f"{name}: {job['done']} of {job['total']} photos re-embedded"
-                      + (f", skipped {job['skipped']} ({job['reasons']})" if job["skipped"] else ""))
+                jobs.append(job := follow_job(store, job_id, f"re-embedding {name}"))
+                if not args.json:
+                    print(f"{name}: {job['done']} of {job['total']} photos re-embedded"
+                          + (f", skipped {job['skipped']} ({job['reasons']})" if job["skipped"] else ""))
         finally:
             runner.close()
         target_model = runtime.context_for_model(target).embedder.model_id
     serving = _stores(runtime.settings).serving()
-    print(f"queries now use {serving}" if serving == target_model else
-          f"queries still use {serving}: {target_model} does not hold every photo yet")
+    if args.json:
+        print_json({"model": target_model, "serving": serving, "jobs": jobs})
+    else:
+        print(f"queries now use {serving}" if serving == target_model else
+              f"queries still use {serving}: {target_model} does not hold every photo yet")
     return 0
 
 
@@ -69,7 +74,10 @@ def cmd_models_switch(args) -> int:
         _stores(Settings()).switch(args.model)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(f"queries now use {args.model}")
+    if args.json:
+        print_json({"serving": args.model})
+    else:
+        print(f"queries now use {args.model}")
     return 0
 
 
@@ -86,7 +94,10 @@ def cmd_models_drop(args) -> int:
     with open_gallery(settings, entry["dim"], args.model) as store:
         removed = sum(store.delete_collection(name) for name in list(store.collections()))
     stores.forget(args.model)
-    print(f"dropped the store of {args.model}: {removed} photos removed")
+    if args.json:
+        print_json({"model": args.model, "removed": removed})
+    else:
+        print(f"dropped the store of {args.model}: {removed} photos removed")
     return 0
 
 
@@ -94,18 +105,21 @@ def register(sub) -> None:
     p = sub.add_parser("models", help="the gallery's stores, one per embedding model")
     models = p.add_subparsers(dest="models_command", required=True)
     m = models.add_parser("list", help="each model's store, its photos, and which one serves queries")
-    m.add_argument("--json", action="store_true")
+    add_json_option(m)
     m.set_defaults(func=cmd_models_list)
     m = models.add_parser("reembed", help="embed the serving store's photos with another model, from their "
                                           "stored originals; queries switch to it once it holds every photo")
     m.add_argument("--backbone", help=f"the new encoder (default {DEFAULT_BACKBONE}); see `geoloc encoders`")
     m.add_argument("--checkpoint", help="its local weights (file or directory)")
     m.add_argument("--bundle", help="a model bundle (classifier + RRM) to embed with")
-    m.add_argument("--collections", nargs="*", help="only these collections (default: all)")
+    add_list_option(m, "--collections", metavar="NAME", help="only these collections (default: all)")
+    add_json_option(m)
     m.set_defaults(func=cmd_models_reembed)
     m = models.add_parser("switch", help="make a model's store serve queries")
     m.add_argument("model")
+    add_json_option(m)
     m.set_defaults(func=cmd_models_switch)
     m = models.add_parser("drop", help="delete a model's store (not the one serving)")
     m.add_argument("model")
+    add_json_option(m)
     m.set_defaults(func=cmd_models_drop)
