@@ -168,6 +168,22 @@ def test_only_photos_the_collection_lacks_reach_the_backbone(tmp_path, embedder)
         assert gallery.count() == 4
 
 
+def test_an_import_job_counts_what_the_collection_holds(tmp_path, embedder):
+    """API imports index through the same code: a second import of the same photos embeds none of them."""
+    from geoloc import jobs
+    from geoloc.runtime import Runtime
+    from geoloc.settings import Settings
+
+    items = [{"path": str(DATA / "images" / r["filename"]), "source": r["filename"]} for r in manifest_rows(3)]
+    with Runtime(Settings(home=tmp_path / "home", qdrant_url=None, bundle=None), embedder) as runtime:
+        ctx = runtime.job_context()
+        for done, reasons in ((3, {}), (0, {"already_indexed": 3})):
+            job_id = ctx.jobs.create("import", "dev", 3, 1, "k1")
+            jobs.index_batch(ctx, job_id, 1, "dev", items)
+            job = ctx.jobs.get(job_id)
+            assert (job["state"], job["done"], job["skipped"], job["reasons"]) == ("succeeded", done, 3 - done, reasons)
+
+
 def test_locate_a_folder_in_every_format(home, capsys):
     photos = {str(home.photos / name) for name in home.names}  # recursive; notes.txt is not a photo
     answers = {}
@@ -244,6 +260,25 @@ def test_prune_dry_run_shows_what_would_go_and_changes_nothing(home, capsys):
     status, out, _ = run(capsys, "prune", "--collection", "dev", "--box", *box, "--json")
     assert status == 0 and json.loads(out)["removed"] == len(inside)
     assert json.loads(run(capsys, "collections", "--json")[1])["collections"][0]["photos"] == 5 - len(inside)
+
+
+def test_a_dry_run_gallery_counts_the_deletes_a_job_asks_for_and_makes_none(tmp_path):
+    """What `prune --unplaceable --dry-run` relies on: deleting by ids counts those in the collection."""
+    from geoloc.cli.dry_run import EXAMPLES, RecordingGallery
+    from geoloc.gallery.base import SearchFilter
+    from tests.gallery_helpers import DIM, make_points
+
+    points = make_points(60)
+    with EdgeGallery(tmp_path / "gallery", DIM) as gallery:
+        gallery.upsert(points)
+        recording = RecordingGallery(gallery)
+        news = [p.id for p in points if p.payload["collection"] == "news"]
+        asked = [p.id for p in points[:20]] + ["00000000-0000-5000-8000-000000000000"]  # one that does not exist
+        assert recording.delete(SearchFilter(collections=["news"]), ids=asked) == len(set(asked) & set(news))
+        assert recording.delete_collection("news") == len(news)
+        assert recording.would_delete == len(set(asked) & set(news)) + len(news)
+        assert len(recording.examples) == EXAMPLES and all(h.payload["collection"] == "news" for h in recording.examples)
+        assert gallery.count() == 60
 
 
 def geoloc_at(home, *args: str, answer: str | None) -> subprocess.CompletedProcess:
