@@ -145,10 +145,11 @@ def register(sub) -> None:
     p = sub.add_parser("locate", help="estimate where photos were taken")
     p.add_argument("images", nargs="+", metavar="PHOTO|FOLDER|CSV",
                    help="photos, folders of photos (recursive), or CSV manifests (their lat/lon are scored)")
-    p.add_argument("--format", default="table", choices=FORMATS,
-                   help="table (default, for people); json: one document; jsonl: one answer per line; csv: one "
-                        "row per photo; geojson: a FeatureCollection of the answers for GIS tools")
-    p.add_argument("--json", action="store_true", help="the same as --format json")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--format", default="table", choices=FORMATS,
+                        help="table (default, for people); json: one document; jsonl: one answer per line; csv: "
+                             "one row per photo; geojson: a FeatureCollection of the answers for GIS tools")
+    output.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("-k", type=int, default=10, help="neighbours to aggregate (default 10)")
     p.add_argument("--aggregator", default="cluster", choices=AGGREGATORS.names())
     add_list_option(p, "--collections", metavar="NAME", help="search only these collections")
