@@ -59,7 +59,7 @@ def cmd_drop(args) -> int:
         count = gallery.collections().get(args.name)
         if count is None:
             raise UserError(f"no collection named '{args.name}'")
-        if not confirm(f"Delete collection '{args.name}' and its {count} photos from the gallery?", args.yes):
+        if not confirm(f"delete collection '{args.name}' and its {count} photos from the gallery", args.yes):
             print("nothing dropped", file=sys.stderr)
             return 1
         removed = gallery.delete_collection(args.name)

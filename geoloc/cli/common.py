@@ -90,14 +90,14 @@ def print_json(document) -> None:
     print(json.dumps(document, indent=2))
 
 
-def confirm(question: str, yes: bool) -> bool:
-    """Whether to go ahead: --yes, or an answer of y at the terminal. With no terminal to ask on and no --yes,
-    a UserError: a script that deletes must say so."""
+def confirm(action: str, yes: bool) -> bool:
+    """Whether to `action` ("delete ..."): --yes, or y typed at the terminal. With no terminal to ask on and
+    no --yes, a UserError: a script that deletes must say so."""
     if yes:
         return True
     if not sys.stdin.isatty():
-        raise UserError(f"{question} Refused: no terminal to confirm on; pass --yes to go ahead without asking")
-    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+        raise UserError(f"will not {action} without confirmation: no terminal to ask on; pass --yes to go ahead")
+    print(f"{action[0].upper()}{action[1:]}? [y/N] ", end="", file=sys.stderr, flush=True)
     return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
