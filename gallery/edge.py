@@ -8,9 +8,11 @@ the filter selects the cell's points before any vector is scored.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from qdrant_edge import (
@@ -39,7 +41,10 @@ from qdrant_edge import (
 )
 
 from geoloc.gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter, float_bounds
+from geoloc.gallery.faults import GalleryUnavailable, check_directory, describe, disk_faults, is_fault
 from geoloc.gallery.qdrant_base import QdrantGallery
+
+log = logging.getLogger(__name__)
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
@@ -79,6 +84,19 @@ def _in_cell(lo: int, hi: int) -> FieldCondition:
     return FieldCondition("s2", range=RangeFloat(gte=gte, lte=lte))
 
 
+def _on_disk(method: Callable) -> Callable:
+    """A shard call made only while the gallery directory is sound, its faults explained (gallery.faults)."""
+    @functools.wraps(method)
+    def guarded(self: EdgeGallery, *args, **kwargs):
+        if self._closed:
+            raise GalleryError(f"the gallery at {self.path} is closed")
+        with disk_faults(self.path):
+            self._follow_directory()
+            return method(self, *args, **kwargs)
+
+    return guarded
+
+
 class EdgeGallery(QdrantGallery):
     """The gallery at `path`: `path/shard` (the Edge shard) and `path/gallery.json` (its dimension).
 
@@ -88,36 +106,80 @@ class EdgeGallery(QdrantGallery):
 
     def __init__(self, path: str | Path, dim: int | None = None):
         self.path = Path(path)
-        self.dim = self._read_or_write_dim(dim)
+        self.dim = dim
+        self._shard: EdgeShard | None = None
+        self._closed = False
+        self._open(create=True)
+
+    def _open(self, create: bool) -> None:
+        """Read the dimension and load the shard (`create`: make both if the gallery is new), remembering which
+        directory it was loaded from."""
+        if create and not self.path.exists():
+            if self.dim is None:
+                raise NoGallery(f"there is no gallery at {self.path} yet: index some photos first")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise describe(self.path, exc) from exc
+        with disk_faults(self.path):
+            self.dim = self._read_or_write_dim(self.dim, create)
+            info = os.stat(self.path)
+            self._shard = self._load_shard()
+            self._directory = (info.st_dev, info.st_ino)
+            self._ensure_indexes()
+
+    def _load_shard(self) -> EdgeShard:
         shard_dir = self.path / SHARD_DIR
         try:
             if shard_dir.is_dir() and any(shard_dir.iterdir()):
-                self._shard = EdgeShard.load(str(shard_dir))
-            else:
-                config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=self.dim, distance=Distance.Cosine)})
-                self._shard = EdgeShard.create(str(shard_dir), config)
+                return EdgeShard.load(str(shard_dir))
+            config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=self.dim, distance=Distance.Cosine)})
+            return EdgeShard.create(str(shard_dir), config)
         except Exception as e:
             if "WouldBlock" in str(e):
-                raise GalleryError(f"the gallery at {self.path} is open in another process: close it first, "
-                                   f"or share one Qdrant server between processes (GEOLOC_QDRANT_URL)") from e
+                raise GalleryUnavailable(
+                    f"the gallery at {self.path} is open in another process: close it first, or share the gallery "
+                    f"between processes (GEOLOC_GALLERY_SHARED, or one Qdrant server: GEOLOC_QDRANT_URL)") from e
+            if is_fault(e):
+                raise
             raise GalleryError(f"cannot open the gallery at {self.path}: {e}") from e
-        self._ensure_indexes()
 
-    def _read_or_write_dim(self, dim: int | None) -> int:
+    def _read_or_write_dim(self, dim: int | None, create: bool) -> int:
         meta = self.path / META_FILE
-        if meta.exists():
-            stored = int(json.loads(meta.read_text())["dim"])
+        if meta.exists() or meta.is_symlink():
+            if not meta.is_file():  # a FIFO here would block a plain read for ever
+                raise GalleryUnavailable(f"{meta} is not a regular file: restore the gallery's {META_FILE}")
+            try:
+                stored = int(json.loads(meta.read_text())["dim"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise GalleryUnavailable(f"{meta} is damaged ({exc}): restore it from a backup") from None
             if dim is not None and dim != stored:
                 raise GalleryError(f"the gallery at {self.path} holds {stored}-d embeddings, not {dim}-d: "
                                    f"use the model it was built with, or index into a new gallery")
             return stored
+        if not create:
+            raise GalleryUnavailable(f"the gallery directory {self.path} was replaced by one without a gallery "
+                                     f"({META_FILE} is missing): restore it from a backup")
         if dim is None:
             raise NoGallery(f"there is no gallery at {self.path} yet: index some photos first")
-        self.path.mkdir(parents=True, exist_ok=True)
         tmp = meta.with_suffix(".tmp")
         tmp.write_text(json.dumps({"dim": int(dim), "vector": VECTOR_NAME, "distance": "cosine"}))
         os.replace(tmp, meta)
         return int(dim)
+
+    def _follow_directory(self) -> None:
+        """Load the shard again if the gallery directory is not the one it was loaded from (restored from a
+        backup, say): the old shard's files are gone, and writing on into them would lose every write."""
+        info = check_directory(self.path)
+        if self._shard is not None and (info.st_dev, info.st_ino) == self._directory:
+            return
+        stale, self._shard = self._shard, None
+        if stale is not None:
+            try:
+                stale.close()
+            except Exception:  # its files are gone: nothing left to flush into
+                pass
+        self._open(create=False)
 
     def _ensure_indexes(self) -> None:
         """Create any missing payload index: at creation, or after a crash that came before them."""
@@ -133,37 +195,55 @@ class EdgeGallery(QdrantGallery):
     def _match_all() -> Filter:
         return Filter()
 
+    @_on_disk
     def _upsert_batch(self, batch: list[tuple[str, list[float], dict]]) -> None:
         points = [Point(id_, {VECTOR_NAME: vector}, payload) for id_, vector, payload in batch]
         self._shard.update(UpdateOperation.upsert_points(points))
 
+    @_on_disk
     def _query(self, vector: list[float], k: int, flt: Filter | None, exact: bool) -> list:
         return self._shard.query(QueryRequest(limit=k, query=Query.Nearest(vector, using=VECTOR_NAME), filter=flt,
                                               with_payload=True, params=SearchParams(exact=exact)))
 
+    @_on_disk
     def _count(self, flt: Filter | None) -> int:
         return self._shard.count(CountRequest(exact=True, filter=flt))
 
+    @_on_disk
     def _facet(self, key: str, limit: int) -> list:
         return self._shard.facet(FacetRequest(key, limit=limit, exact=True)).hits
 
+    @_on_disk
     def _delete(self, flt: Filter) -> None:
         self._shard.update(UpdateOperation.delete_points_by_filter(flt))
 
+    @_on_disk
     def _scroll_page(self, flt: Filter | None, offset, limit: int, with_vectors: bool) -> tuple[list, object]:
         return self._shard.scroll(ScrollRequest(offset=offset, limit=limit, filter=flt,
                                                 with_payload=True, with_vector=with_vectors))
 
+    @_on_disk
     def _retrieve(self, ids: list[str]) -> list:
         return self._shard.retrieve(ids, with_payload=True, with_vector=True)
 
+    @_on_disk
     def optimize(self) -> None:
         """Merge segments and build HNSW; blocks until done (minutes per 100k points)."""
         self._shard.optimize()
 
     def close(self) -> None:
-        """Flush and release the shard (and its lock); a later open finds every upsert."""
-        if self._shard is not None:
-            self._shard.flush()
-            self._shard.close()
-            self._shard = None
+        """Flush and release the shard (and its lock); a later open finds every upsert. With the gallery
+        directory gone there is nothing left to flush into: the shard is released all the same."""
+        shard, self._shard, self._closed = self._shard, None, True
+        if shard is None:
+            return
+        try:
+            try:
+                check_directory(self.path)
+            except GalleryUnavailable as exc:
+                log.warning("closing the gallery without flushing it: %s", exc)
+            else:
+                with disk_faults(self.path):
+                    shard.flush()
+        finally:
+            shard.close()

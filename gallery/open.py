@@ -1,12 +1,22 @@
 """Open the gallery the settings point at: a Qdrant server when GEOLOC_QDRANT_URL is set, else Edge on disk
 (opened per operation when processes share it: GEOLOC_GALLERY_SHARED, or workers without a server); and in
-it, the store of one embedding model (gallery.stores)."""
+it, the store of one embedding model (gallery.stores).
+
+An embedded gallery leaves a mark in the data home once made, so a gallery directory that later goes missing
+(deleted, a volume not mounted) is reported as missing rather than silently started again empty. Disk faults
+and locks held too long by another process become GalleryUnavailable (gallery.faults).
+"""
 
 from __future__ import annotations
 
-from geoloc.gallery.base import QDRANT_COLLECTION, Gallery, NoGallery
+from datetime import datetime, timezone
+
+from geoloc.gallery.base import QDRANT_COLLECTION, Gallery, GalleryError, NoGallery
+from geoloc.gallery.faults import GalleryUnavailable, describe
 from geoloc.gallery.stores import TOP_STORE, ModelStores
 from geoloc.settings import Settings
+
+MARK_FILE = "gallery.made"  # in the data home, beside the gallery directory
 
 
 def open_gallery(settings: Settings, dim: int | None = None, model_id: str | None = None,
@@ -14,14 +24,62 @@ def open_gallery(settings: Settings, dim: int | None = None, model_id: str | Non
     """The store of `model_id` (registered on first use, with the `encoder` settings that made it), or the
     one serving queries when no model is named. `dim=None` opens an existing store whatever its dimension;
     creating one needs it."""
-    stores = ModelStores(settings.gallery_dir)
-    if model_id is None:
-        serving = stores.serving()
-        store = TOP_STORE if serving is None else stores.store_of(serving)
-    else:
-        top_model = None if stores.store_of(model_id) else _adopt_top_store(settings, stores)
-        store = stores.claim(model_id, dim, encoder, top_model)
-    return _open_store(settings, store, dim)
+    _check_not_lost(settings)
+    try:
+        stores = _stores(settings)
+        if model_id is None:
+            serving = stores.serving()
+            store = TOP_STORE if serving is None else stores.store_of(serving)
+        else:
+            top_model = None if stores.store_of(model_id) else _adopt_top_store(settings, stores)
+            store = stores.claim(model_id, dim, encoder, top_model)
+        gallery = _open_store(settings, store, dim)
+    except GalleryError:
+        raise
+    except OSError as exc:  # the registry's lock or directory
+        raise describe(settings.gallery_dir, exc) from exc
+    _mark(settings)
+    return gallery
+
+
+def registered_stores(settings: Settings) -> dict[str, int]:
+    """Model id -> dimension of every store the gallery holds (a gallery from before stores is registered
+    under the model it holds first)."""
+    _check_not_lost(settings)
+    stores = _stores(settings)
+    try:
+        _adopt_top_store(settings, stores)
+    except OSError as exc:
+        raise describe(settings.gallery_dir, exc) from exc
+    return {model_id: entry["dim"] for model_id, entry in stores.read()["stores"].items()}
+
+
+def open_every_store(settings: Settings, opened: dict[str, Gallery]) -> dict[str, Gallery]:
+    """`opened` (model id -> store this process holds open) completed with every other store of the gallery."""
+    for model_id, dim in registered_stores(settings).items():
+        if model_id not in opened:
+            opened[model_id] = open_gallery(settings, dim, model_id)
+    return opened
+
+
+def _stores(settings: Settings) -> ModelStores:
+    return ModelStores(settings.gallery_dir, settings.gallery_lock_timeout)
+
+
+def _check_not_lost(settings: Settings) -> None:
+    mark = settings.home / MARK_FILE
+    if settings.qdrant_url or not mark.exists() or settings.gallery_dir.exists() or settings.gallery_dir.is_symlink():
+        return
+    raise GalleryUnavailable(
+        f"the gallery directory {settings.gallery_dir} is missing, though a gallery was made there (see {mark}): "
+        f"restore it from a backup or mount its volume again; to start again with an empty gallery, delete {mark}")
+
+
+def _mark(settings: Settings) -> None:
+    mark = settings.home / MARK_FILE
+    if not settings.qdrant_url and not mark.exists():
+        mark.write_text(f"an embedded gallery was made in {settings.gallery_dir} by "
+                        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
 
 
 def _adopt_top_store(settings: Settings, stores: ModelStores) -> str | None:
@@ -52,7 +110,7 @@ def _open_store(settings: Settings, store: str, dim: int | None) -> Gallery:
     if settings.edge_shared:
         from geoloc.gallery.shared import SharedEdgeGallery
 
-        return SharedEdgeGallery(path, dim)
+        return SharedEdgeGallery(path, dim, settings.gallery_lock_timeout)
     from geoloc.gallery.edge import EdgeGallery
 
     return EdgeGallery(path, dim)

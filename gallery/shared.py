@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from geoloc.gallery.base import Gallery, GalleryPoint, Hit, SearchFilter
 from geoloc.gallery.edge import EdgeGallery
+from geoloc.gallery.faults import disk_faults
 
 LOCK_FILE = "gallery.lock"
 
@@ -27,19 +28,19 @@ LOCK_FILE = "gallery.lock"
 class SharedEdgeGallery(Gallery):
     """An EdgeGallery at `path`, opened under the lock for each call and closed before it returns."""
 
-    def __init__(self, path: str | Path, dim: int | None = None):
+    def __init__(self, path: str | Path, dim: int | None = None, lock_timeout: float = -1):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.dim = dim
         # each thread takes the lock through its own descriptor, so threads of one process take turns too;
         # the lock goes with the process if it dies
-        self._lock = FileLock(self.path / LOCK_FILE)
+        self._lock = FileLock(self.path / LOCK_FILE, timeout=lock_timeout)  # seconds; -1: wait for ever
         with self._open() as gallery:  # creates the gallery, or checks the dimension it was built with
             self.dim = gallery.dim
 
     @contextmanager
     def _open(self) -> Iterator[EdgeGallery]:
-        with self._lock:
+        with disk_faults(self.path), self._lock:  # a missing directory is reported, not created again
             gallery = EdgeGallery(self.path, self.dim)
             try:
                 yield gallery

@@ -20,23 +20,28 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from geoloc.gallery.faults import GalleryUnavailable
+
 REGISTRY_FILE = "models.json"
 TOP_STORE = "."  # the store at the gallery's top: the first model's, as galleries were before stores
 
 
 class ModelStores:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, lock_timeout: float = -1):
         self.root = Path(root)
         self._file = self.root / REGISTRY_FILE
-        self._lock = FileLock(str(self.root / "models.lock"))
+        self._lock = FileLock(str(self.root / "models.lock"), timeout=lock_timeout)  # seconds; -1: for ever
 
     # ------------------------------------------------------------------------------------------ reading
 
     def read(self) -> dict:
         """{"serving": model id or None, "stores": {model id: {"store", "dim", "encoder"}}}."""
-        if not self._file.exists():
-            return {"serving": None, "stores": {}}
-        return json.loads(self._file.read_text())
+        try:
+            if not self._file.exists():
+                return {"serving": None, "stores": {}}
+            return json.loads(self._file.read_text())
+        except (OSError, ValueError) as exc:
+            raise GalleryUnavailable(f"cannot read {self._file} ({exc}): restore it from a backup") from None
 
     def serving(self) -> str | None:
         return self.read()["serving"]

@@ -34,6 +34,7 @@ def _flag(value: Any) -> bool:
 
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Count = Annotated[int, Field(ge=1)]  # a size, limit or count where zero makes no sense
+Seconds = Annotated[float, Field(gt=0)]
 
 
 class Settings(BaseSettings):
@@ -72,6 +73,13 @@ class Settings(BaseSettings):
     job_batch: Count = 64  # photos per task
     task_time_limit: Count = 900  # seconds
     task_retries: Annotated[int, Field(ge=0)] = 6
+    task_retry_delay: Seconds = 1.0  # before a batch's first retry; doubles with each retry
+    # longest wait for a lock of the embedded gallery held by another process, before giving up (503, retry)
+    gallery_lock_timeout: Seconds = 5.0
+    # geoloc's copies of photos (spool) that no photo and no unfinished job needs go once older than this many
+    # seconds, and sooner, oldest first, while together they weigh more than spool_max_bytes
+    spool_max_age: Count = 3600
+    spool_max_bytes: Count = 1 << 30
 
     def __init__(self, **values: Any):
         try:
