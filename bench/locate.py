@@ -1,0 +1,335 @@
+"""Latency of locating one photo, layer by layer, against the backbone alone on the same photo, in one run.
+
+    .venv/bin/python bench/locate.py [--repeats 50] [--gallery 1000] [--cli-repeats 5] [--manifest CSV]
+
+Baseline: Backbone.features on one decoded photo in memory (batch of one, warm), timed in turn with the
+in-process and the HTTP repetitions. In-process: the API's path from the photo's bytes (open_image + to_rgb,
+Runtime.serving(), Locator(...), check_ready(), locate([image]), to_dict()), its parts timed by a Locator
+subclass and thin wrappers that call the product's own methods. HTTP: POST /v1/locate to a real `geoloc serve`
+on loopback, one client. CLI: `geoloc locate ONE.jpg` against `python -c 'import torch, timm'`, alternated.
+Gallery: the manifest's first --gallery photos in a fresh GEOLOC_HOME; the query photo is a later one by a
+photographer the gallery lacks. 2 torch threads here, OMP_NUM_THREADS=2 in subprocesses. -> bench/results/locate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from geoloc.embedding import Embedder  # noqa: E402
+from geoloc.indexing import index_source  # noqa: E402
+from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
+from geoloc.ingest.sources import resolve_manifest_path  # noqa: E402
+from geoloc.locate import Locator  # noqa: E402
+from geoloc.runtime import Runtime  # noqa: E402
+from geoloc.settings import Settings  # noqa: E402
+
+WARMUP = 5
+PIECES = ["decode", "serving()", "Locator()", "check_ready()", "preprocess+backbone", "gallery search", "aggregation",
+          "calibration", "place names", "to_dict()"]
+
+
+class Clock:
+    """Seconds per named piece, one list each."""
+    def __init__(self):
+        self.laps: dict[str, list[float]] = defaultdict(list)
+
+    @contextmanager
+    def lap(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.laps[name].append(time.perf_counter() - start)
+
+
+class TimedEmbedder(Embedder):
+    def __init__(self, embedder: Embedder, clock: Clock):
+        super().__init__(embedder.backbone, embedder.bundle)
+        self.clock = clock
+
+    def features(self, images):
+        with self.clock.lap("preprocess+backbone"):
+            return super().features(images)
+
+
+class TimedGallery:
+    """The gallery as it is, its searches timed."""
+    def __init__(self, gallery, clock: Clock):
+        self._gallery, self._clock = gallery, clock
+
+    def search(self, *args, **kwargs):
+        with self._clock.lap("gallery search"):
+            return self._gallery.search(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._gallery, name)
+
+
+class TimedLocator(Locator):
+    """The product's Locator; place names (with the L2 normalisation, microseconds) are what locate_features
+    spends outside its other timed parts."""
+    def __init__(self, *args, clock: Clock, **kwargs):
+        self.clock = clock
+        super().__init__(*args, **kwargs)
+
+    def locate_features(self, features):
+        with self.clock.lap("locate_features"):
+            return super().locate_features(features)
+
+    def _answer(self, hits, cell_weights=None):
+        with self.clock.lap("aggregation"):
+            return super()._answer(hits, cell_weights)
+
+    def _calibrate(self, answers):
+        with self.clock.lap("calibration"):
+            return super()._calibrate(answers)
+
+
+def locate_once(runtime: Runtime, data: bytes, clock: Clock) -> dict:
+    """Bytes -> answer dict, as POST /v1/locate runs it (default k, aggregator, all collections)."""
+    with clock.lap("total"):
+        with clock.lap("decode"):
+            image = to_rgb(open_image(data, runtime.settings.max_pixels))
+        with clock.lap("serving()"):
+            embedder, gallery = runtime.serving()
+        with clock.lap("Locator()"):
+            locator = TimedLocator(TimedEmbedder(embedder, clock), TimedGallery(gallery, clock), clock=clock)
+        with clock.lap("check_ready()"):
+            locator.check_ready()
+        answer = locator.locate([image])[0]
+        with clock.lap("to_dict()"):
+            return answer.to_dict()
+
+
+def stats(times: list[float]) -> dict:
+    ms = np.asarray(times) * 1000
+    return {"median_ms": round(float(np.median(ms)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
+            "n": len(ms)}
+
+
+def prepare(manifest: Path, n: int, work: Path) -> tuple[Path, Path]:
+    """The gallery slice (absolute file names) and a query photo by a photographer outside it."""
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["filename"] = str(resolve_manifest_path(manifest, row["filename"]).resolve())
+    gallery, rest = rows[:n], rows[n:]
+    photographers = {row.get("photographer") for row in gallery}
+    query = next(Path(r["filename"]) for r in rest if r.get("photographer") not in photographers)
+    out = work / "gallery.csv"
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(gallery)
+    return out, query
+
+
+def seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def alternate(measured, baseline, repeats: int) -> tuple[list[float], list[float]]:
+    """Warm-up, then `measured` and `baseline` in turn, so load on the shared machine hits both alike."""
+    for _ in range(WARMUP):
+        measured(), baseline()
+    pairs = [(seconds(measured), seconds(baseline)) for _ in range(repeats)]
+    return [m for m, _ in pairs], [b for _, b in pairs]
+
+
+def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Embedder]:
+    """Warm locates alternating with the baseline; the first locate (model and gazetteer load) reported apart."""
+    clock, runtime, image = Clock(), Runtime(Settings()), to_rgb(open_image(data))
+    cold = seconds(lambda: locate_once(runtime, data, Clock()))
+    first = locate_once(runtime, data, Clock())
+    embedder = runtime.embedder
+    _, baseline = alternate(lambda: locate_once(runtime, data, clock), lambda: embedder.features([image]), repeats)
+    clock.laps = {name: laps[WARMUP:] for name, laps in clock.laps.items()}
+    runtime.close()  # the embedded gallery admits one process at a time: the server opens it next
+    return clock, baseline, {"cold_first_locate_s": round(cold, 3), "answer": first}, embedder
+
+
+def up(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def server(env: dict, work: Path):
+    with socket.socket() as sock:  # a free loopback port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (work / "serve.log").open("w")
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/geoloc"), "serve", "--port", str(port), "--log-level",
+                             "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    start = time.perf_counter()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            while not up(client):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"geoloc serve exited: see {work / 'serve.log'}")
+                time.sleep(0.2)
+            yield client, time.perf_counter() - start
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def over_http(env: dict, work: Path, query: Path, data: bytes, embedder: Embedder, repeats: int) -> dict:
+    """Warm POSTs alternating with the baseline in this process (whose gallery is closed by now)."""
+    image, files = to_rgb(open_image(data)), {"photo": (query.name, data, "image/jpeg")}
+    with server(env, work) as (client, started):
+        start = time.perf_counter()
+        answer = client.post("/v1/locate", files=files).raise_for_status().json()
+        cold = time.perf_counter() - start
+        http, baseline = alternate(lambda: client.post("/v1/locate", files=files).raise_for_status(),
+                                   lambda: embedder.features([image]), repeats)
+    return {"http": http, "baseline": baseline, "server_up_s": round(started, 3),
+            "cold_first_request_s": round(cold, 3), "answer": answer}
+
+
+def command_line(env: dict, query: Path, repeats: int) -> dict:
+    """`geoloc locate ONE.jpg` and `python -c 'import torch, timm'`, alternated, wall time each."""
+    commands = {"geoloc_locate": [str(ROOT / ".venv/bin/geoloc"), "locate", str(query)],
+                "import_torch_timm": [str(ROOT / ".venv/bin/python"), "-c", "import torch, timm"]}
+    times = defaultdict(list)
+    for _ in range(repeats):
+        for name, command in commands.items():
+            times[name].append(seconds(lambda: subprocess.run(command, env=env, check=True, capture_output=True)))
+    return {name: round(float(np.median(t)), 3) for name, t in times.items()} | {
+        "all_s": {name: [round(s, 3) for s in t] for name, t in times.items()}}
+
+
+class Watch:
+    """Per phase: wall time, the 1-min load average at its end, and the cores others used meanwhile (the machine's
+    busy time in /proc/stat less this process's and its finished children's): how disturbed the phase was."""
+    def __init__(self):
+        self.phases: dict[str, dict] = {}
+
+    @staticmethod
+    def _cpu() -> tuple[float, float]:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+        return busy, sum(r.ru_utime + r.ru_stime for r in own)
+
+    @contextmanager
+    def phase(self, name: str):
+        (busy, own), wall = self._cpu(), time.perf_counter()
+        yield
+        (busy2, own2), wall = self._cpu(), time.perf_counter() - wall
+        self.phases[name] = {"wall_s": round(wall, 1), "load_avg_1min": round(os.getloadavg()[0], 2),
+                             "other_cores": round(max(0.0, busy2 - busy - (own2 - own)) / wall, 2)}
+
+
+def run(args, work: Path) -> dict:
+    env = dict(os.environ, GEOLOC_HOME=str(work / "home"), GEOLOC_REQUIRE_KEYS="0", OMP_NUM_THREADS="2")
+    os.environ["GEOLOC_HOME"] = env["GEOLOC_HOME"]  # Settings() and the Locator's calibrator look-up read it
+    gallery_csv, query = prepare(Path(args.manifest), args.gallery, work)
+    data, watch = query.read_bytes(), Watch()
+    with watch.phase("index"), Runtime(Settings()) as runtime:
+        report = index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
+    with watch.phase("in_process"):
+        clock, base_in, cold, embedder = in_process(data, args.repeats)
+    with watch.phase("http"):
+        http = over_http(env, work, query, data, embedder, args.repeats)
+    with watch.phase("cli"):
+        cli = command_line(env, query, args.cli_repeats)
+    clock.laps["place names"] = [total - sum(clock.laps[p][i] for p in ("gallery search", "aggregation", "calibration"))
+                                 for i, total in enumerate(clock.laps["locate_features"])]
+    baseline, total, over = stats(base_in + http["baseline"]), stats(clock.laps["total"]), stats(http["http"])
+    return {
+        "command": " ".join(["bench/locate.py", *sys.argv[1:]]), "torch_threads": torch.get_num_threads(),
+        "device": str(embedder.backbone.device), "model": embedder.model_id, "repeats": args.repeats,
+        "gallery_photos": report.indexed, "query": {"file": query.name, "bytes": len(data),
+                                                    "size": list(to_rgb(open_image(data)).size)},
+        "phases": watch.phases, "baseline_backbone": baseline,
+        "baseline_by_phase": {"in_process": stats(base_in), "http": stats(http["baseline"])},
+        "in_process_locate": total,
+        "in_process_pieces": {name: stats(clock.laps[name]) for name in PIECES}, "http_locate": over,
+        "cold": {"first_locate_in_process_s": cold["cold_first_locate_s"], "server_up_s": http["server_up_s"],
+                 "first_http_request_s": http["cold_first_request_s"]},
+        "cli_s": cli,
+        "answers_agree_in_process_vs_http": all(
+            round(cold["answer"][c], 6) == round(http["answer"][c], 6) for c in ("lat", "lon")),
+        "ratios": {"in_process_vs_backbone": ratio(total, baseline), "http_vs_backbone": ratio(over, baseline),
+                   "http_vs_in_process": ratio(over, total),
+                   # each against the baseline timed in its own phase: what load drift between phases leaves
+                   "http_vs_in_process_per_phase_baseline": round(
+                       ratio(over, stats(http["baseline"]))["median"] / ratio(total, stats(base_in))["median"], 2),
+                   "cli_locate_vs_import_torch_timm": round(cli["geoloc_locate"] / cli["import_torch_timm"], 2)},
+    }
+
+
+def ratio(a: dict, b: dict) -> dict:
+    return {"median": round(a["median_ms"] / b["median_ms"], 2), "p90": round(a["p90_ms"] / b["p90_ms"], 2)}
+
+
+def print_table(result: dict) -> None:
+    base = result["baseline_backbone"]
+    print(f"query {result['query']}; gallery {result['gallery_photos']} photos; {result['torch_threads']} threads")
+    print("\n".join(f"phase {name}: {phase}" for name, phase in result["phases"].items()))
+    print("| measure | median ms | p90 ms | x backbone (median) |\n|---|---|---|---|")
+
+    def row(label: str, s: dict) -> None:
+        print(f"| {label} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} | {s['median_ms'] / base['median_ms']:.2f} |")
+
+    row("backbone alone (decoded photo, batch 1) = baseline", base)
+    for name, s in result["baseline_by_phase"].items():
+        row(f"  baseline during the {name} phase", s)
+    row("locate in-process, bytes to answer", result["in_process_locate"])
+    for name, s in result["in_process_pieces"].items():
+        row(f"  {name}", s)
+    row("POST /v1/locate, one client", result["http_locate"])
+    r, cli = result["ratios"], result["cli_s"]
+    print(f"\nHTTP / in-process: {r['http_vs_in_process']} (median, p90); against each phase's baseline: "
+          f"{r['http_vs_in_process_per_phase_baseline']}; cold: {result['cold']}")
+    print(f"`geoloc locate ONE.jpg` {cli['geoloc_locate']:.2f} s vs `python -c 'import torch, timm'` "
+          f"{cli['import_torch_timm']:.2f} s (median of {len(cli['all_s']['geoloc_locate'])}): "
+          f"x{r['cli_locate_vs_import_torch_timm']:.2f}")
+    print(f"answers agree (in-process vs HTTP): {result['answers_agree_in_process_vs_http']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", default=str(ROOT.parent / "shared/data/im2gps3k-dev/manifest.csv"))
+    parser.add_argument("--gallery", type=int, default=1000, help="photos indexed before locating")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--cli-repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="geoloc-bench-") as work:
+        result = run(args, Path(work))
+    out = ROOT / "bench/results/locate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()
