@@ -3,6 +3,10 @@
 A batch's outcome is written once, the first time it finishes, and a job's progress is the sum of its
 batches' outcomes: a task redelivered after a killed worker, or retried, can redo its gallery writes but
 never counts twice. `geoloc serve` without a broker keeps jobs as JSON files; with one, in Redis.
+
+A job can be cancelled (its collection was deleted): batches that start afterwards do nothing, and one
+running undoes its writes (geoloc.jobs). Each store also knows its unfinished jobs and the stored originals
+(by SHA-256) they still need, so that nothing a queued upload will read is removed from under it.
 """
 
 from __future__ import annotations
@@ -46,11 +50,16 @@ class Outcome:
         self.items.append({"source": source, "reason": reason})
 
 
-def summarise(meta: dict, started: str | None, outcomes: dict[str, dict]) -> dict:
+def cancelled_outcome(size: int) -> Outcome:
+    """What a batch of a cancelled job did: nothing, its photos skipped."""
+    return Outcome(skipped=size, reasons={"cancelled": size} if size else {})
+
+
+def summarise(meta: dict, started: str | None, outcomes: dict[str, dict], cancelled: dict | None = None) -> dict:
     """A job as the API shows it: its metadata plus the sum of its batches' outcomes.
 
     Batch "0" is what the API itself decided before queueing (duplicates, files too large); batches
-    1..n are tasks. The job is finished when every task batch has an outcome.
+    1..n are tasks. The job is finished when every task batch has an outcome, or once it is cancelled.
     """
     totals = Counter()
     reasons: Counter = Counter()
@@ -65,12 +74,15 @@ def summarise(meta: dict, started: str | None, outcomes: dict[str, dict]) -> dic
             errors.append(outcome["error"])
     batches_done = sum(1 for key in outcomes if key != "0")
     finished = batches_done >= meta["batches"]
-    if finished:
+    ended = max((o["at"] for o in outcomes.values()), default=meta["created"]) if finished else None
+    if cancelled is not None:
+        state, ended = "cancelled", cancelled["at"]
+        errors.insert(0, cancelled["reason"])
+    elif finished:
         state = "failed" if errors or totals["failed"] else "succeeded"
     else:
         state = "running" if started or batches_done else "queued"
-    return {**meta, "state": state, "started": started,
-            "finished": max((o["at"] for o in outcomes.values()), default=meta["created"]) if finished else None,
+    return {**meta, "state": state, "started": started, "finished": ended,
             "done": totals["done"], "skipped": totals["skipped"], "failed": totals["failed"],
             "removed": totals["removed"], "reasons": dict(reasons), "items": items,
             "error": errors[0] if errors else None, "batches_done": batches_done}
@@ -78,7 +90,8 @@ def summarise(meta: dict, started: str | None, outcomes: dict[str, dict]) -> dic
 
 class JobStore(Protocol):
     def create(self, kind: str, collection: str, total: int, batches: int, owner: str,
-               pre: Outcome | None = None) -> str: ...
+               pre: Outcome | None = None, originals: list[str] | None = None) -> str:
+        """A new job; `originals`: SHA-256 of the stored originals it will read (an upload's photos)."""
 
     def get(self, job_id: str) -> dict | None: ...
 
@@ -87,6 +100,25 @@ class JobStore(Protocol):
     def finish(self, job_id: str, batch: int, outcome: Outcome) -> bool:
         """Record a batch's outcome unless one is recorded already; True if this call recorded it."""
 
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Cancel an unfinished job; True if this call cancelled it."""
+
+    def is_cancelled(self, job_id: str) -> bool: ...
+
+    def unfinished(self) -> list[dict]:
+        """Every job neither finished nor cancelled, each with the `originals` it needs."""
+
+
+def cancel_collection(store: JobStore, collection: str, reason: str) -> list[dict]:
+    """Cancel every unfinished job of a collection; those jobs, as they were."""
+    jobs = [job for job in store.unfinished() if job["collection"] == collection]
+    return [job for job in jobs if store.cancel(job["id"], reason)]
+
+
+def needed_originals(store: JobStore, but: str | None = None) -> set[str]:
+    """The stored originals unfinished jobs (other than `but`) still need."""
+    return {digest for job in store.unfinished() if job["id"] != but for digest in job["originals"]}
+
 
 def _meta(kind: str, collection: str, total: int, batches: int, owner: str) -> dict:
     return {"id": str(uuid.uuid4()), "kind": kind, "collection": collection, "total": total,
@@ -94,11 +126,13 @@ def _meta(kind: str, collection: str, total: int, batches: int, owner: str) -> d
 
 
 class FileJobStore:
-    """Jobs as JSON files under the data home: the store of `geoloc serve` without a broker."""
+    """Jobs as JSON files under the data home: the store of `geoloc serve` without a broker. An empty file
+    under `open/` names each unfinished job, so finding them never reads every job ever run."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._open = self.directory / "open"
+        self._open.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(self.directory / ".lock")  # one writer at a time, across threads and processes
 
     def _path(self, job_id: str) -> Path:
@@ -116,15 +150,21 @@ class FileJobStore:
         tmp.write_text(json.dumps(record))
         tmp.replace(path)
 
-    def create(self, kind, collection, total, batches, owner, pre=None) -> str:
+    @staticmethod
+    def _summary(record: dict) -> dict:
+        return summarise(record["meta"], record["started"], record["outcomes"], record.get("cancelled"))
+
+    def create(self, kind, collection, total, batches, owner, pre=None, originals=None) -> str:
         meta = _meta(kind, collection, total, batches, owner)
         with self._lock:
-            self._save({"meta": meta, "started": None, "outcomes": {"0": asdict(pre)} if pre else {}})
+            (self._open / meta["id"]).touch()
+            self._save({"meta": meta, "started": None, "outcomes": {"0": asdict(pre)} if pre else {},
+                        "originals": list(originals or []), "cancelled": None})
         return meta["id"]
 
     def get(self, job_id):
         record = self._load(job_id)
-        return None if record is None else summarise(record["meta"], record["started"], record["outcomes"])
+        return None if record is None else self._summary(record)
 
     def mark_started(self, job_id):
         with self._lock:
@@ -140,7 +180,31 @@ class FileJobStore:
                 return False
             record["outcomes"][str(batch)] = asdict(outcome)
             self._save(record)
+            if self._summary(record)["finished"]:
+                (self._open / record["meta"]["id"]).unlink(missing_ok=True)
             return True
+
+    def cancel(self, job_id, reason) -> bool:
+        with self._lock:
+            record = self._load(job_id)
+            if record is None or self._summary(record)["finished"]:
+                return False
+            record["cancelled"] = {"at": _now(), "reason": reason}
+            self._save(record)
+            (self._open / record["meta"]["id"]).unlink(missing_ok=True)
+            return True
+
+    def is_cancelled(self, job_id) -> bool:
+        record = self._load(job_id)
+        return bool(record and record.get("cancelled"))
+
+    def unfinished(self) -> list[dict]:
+        jobs = []
+        for marker in self._open.iterdir():
+            record = self._load(marker.name) if _is_uuid(marker.name) else None
+            if record is not None and not self._summary(record)["finished"]:
+                jobs.append({**self._summary(record), "originals": record.get("originals", [])})
+        return jobs
 
     def interrupt_unfinished(self, reason: str) -> int:
         """Fail every job left unfinished by a stopped server: its thread, and its queue, are gone."""
@@ -152,15 +216,25 @@ class FileJobStore:
                 missing = [b for b in range(1, meta["batches"] + 1) if str(b) not in outcomes]
                 for b in missing:
                     outcomes[str(b)] = asdict(Outcome(error=reason))
-                if missing:
+                if missing and not record.get("cancelled"):
                     self._save(record)
                     count += 1
+                (self._open / meta["id"]).unlink(missing_ok=True)
         return count
 
 
+def _is_uuid(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
 class RedisJobStore:
-    """Jobs in Redis (the broker), where workers on any machine record progress. The client must
-    decode responses."""
+    """Jobs in Redis (the broker), where workers on any machine record progress; a set names the unfinished
+    ones. The client must decode responses."""
+
+    OPEN = "geoloc:jobs:open"
 
     def __init__(self, client):
         self.redis = client
@@ -169,24 +243,29 @@ class RedisJobStore:
     def _keys(job_id: str) -> tuple[str, str]:
         return f"geoloc:job:{job_id}", f"geoloc:job:{job_id}:batches"
 
-    def create(self, kind, collection, total, batches, owner, pre=None) -> str:
+    def create(self, kind, collection, total, batches, owner, pre=None, originals=None) -> str:
         meta = _meta(kind, collection, total, batches, owner)
         job_key, batches_key = self._keys(meta["id"])
         with self.redis.pipeline() as pipe:
-            pipe.hset(job_key, "meta", json.dumps(meta)).expire(job_key, JOB_TTL_S)
+            pipe.hset(job_key, mapping={"meta": json.dumps(meta), "originals": json.dumps(list(originals or []))})
+            pipe.expire(job_key, JOB_TTL_S).sadd(self.OPEN, meta["id"])
             if pre is not None:
                 pipe.hset(batches_key, "0", json.dumps(asdict(pre))).expire(batches_key, JOB_TTL_S)
             pipe.execute()
         return meta["id"]
 
-    def get(self, job_id):
+    def _record(self, job_id: str) -> tuple[dict, dict | None]:
         job_key, batches_key = self._keys(job_id)
         with self.redis.pipeline() as pipe:
             record, outcomes = pipe.hgetall(job_key).hgetall(batches_key).execute()
         if not record:
-            return None
-        return summarise(json.loads(record["meta"]), record.get("started"),
-                         {k: json.loads(v) for k, v in outcomes.items()})
+            return record, None
+        cancelled = json.loads(record["cancelled"]) if record.get("cancelled") else None
+        return record, summarise(json.loads(record["meta"]), record.get("started"),
+                                 {k: json.loads(v) for k, v in outcomes.items()}, cancelled)
+
+    def get(self, job_id):
+        return self._record(job_id)[1]
 
     def mark_started(self, job_id):
         self.redis.hsetnx(self._keys(job_id)[0], "started", _now())
@@ -195,7 +274,30 @@ class RedisJobStore:
         _, batches_key = self._keys(job_id)
         recorded = bool(self.redis.hsetnx(batches_key, str(batch), json.dumps(asdict(outcome))))
         self.redis.expire(batches_key, JOB_TTL_S)
+        if recorded and ((self.get(job_id) or {}).get("finished")):
+            self.redis.srem(self.OPEN, job_id)
         return recorded
+
+    def cancel(self, job_id, reason) -> bool:
+        job = self.get(job_id)
+        if job is None or job["finished"]:
+            return False
+        cancelled = self.redis.hsetnx(self._keys(job_id)[0], "cancelled", json.dumps({"at": _now(), "reason": reason}))
+        self.redis.srem(self.OPEN, job_id)
+        return bool(cancelled)
+
+    def is_cancelled(self, job_id) -> bool:
+        return bool(self.redis.hexists(self._keys(job_id)[0], "cancelled"))
+
+    def unfinished(self) -> list[dict]:
+        jobs = []
+        for job_id in self.redis.smembers(self.OPEN):
+            record, job = self._record(job_id)
+            if job is None or job["finished"]:  # expired, or finished without being told
+                self.redis.srem(self.OPEN, job_id)
+            else:
+                jobs.append({**job, "originals": json.loads(record.get("originals") or "[]")})
+        return jobs
 
 
 def open_job_store(settings: Settings):

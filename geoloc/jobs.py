@@ -5,11 +5,15 @@ workers (workers.tasks) and the in-process runner of `geoloc serve` both call th
 arguments. Each batch's outcome is recorded once in the job store (geoloc.job_store): a task redelivered
 after a killed worker, or retried, can redo its gallery writes (point ids are deterministic, so upserts
 and deletes are idempotent) but never counts twice.
+A batch of a cancelled job does nothing, and one writing when its job was cancelled deletes what it wrote;
+one the gallery or its disk refuses is retried with backoff, then fails with the reason.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,13 +25,14 @@ import numpy as np
 from geoloc.gallery.base import Gallery, GalleryError, GalleryPoint, Hit, SearchFilter
 from geoloc.embedding import Embedder
 from geoloc.indexing import index_records
-from geoloc.job_store import JobStore, Outcome
+from geoloc.job_store import JobStore, Outcome, cancelled_outcome
+from geoloc.retention import release_quietly
 from geoloc.settings import Settings
-from geoloc.ingest import sources
+from geoloc.imports import check_import_path, plan_import
 from geoloc.ingest.files import ReadPolicy
 from geoloc.ingest.originals import OriginalStore
-from geoloc.ingest.records import PhotoRecord, Skipped
-from geoloc.ingest.sources import SourceError, read_photo_file
+from geoloc.ingest.records import PhotoRecord, Skipped, point_id
+from geoloc.ingest.sources import read_photo_file
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +49,57 @@ class JobContext:
     gallery: Gallery
     jobs: JobStore
     for_model: Callable[[dict], JobContext] | None = None
+    stores: Callable[[], list[Gallery]] | None = None  # every model's store (default: the serving one)
+
+    def every_store(self) -> list[Gallery]:
+        return self.stores() if self.stores is not None else [self.gallery]
 
 
 def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items: list[dict],
                 roots: list[str] | None = None) -> None:
     """Embed and upsert a batch of photos, each {"path", "source", "lat", "lon", "extra"} (no lat/lon:
     EXIF), reading only files that resolve inside `roots` (None: anywhere). Each usable photo is kept in
-    geoloc's store of originals, from which it can be re-embedded or served later."""
+    geoloc's store of originals, from which it can be re-embedded or served later; an uploaded one that
+    cannot be used is not kept."""
     ctx.jobs.mark_started(job_id)
     policy = ReadPolicy.from_settings(ctx.settings, roots)
     store = OriginalStore(ctx.settings.spool_dir)
-    records = (read_photo_file(i["source"], i["path"], i.get("lat"), i.get("lon"), i.get("extra"), policy, store)
-               for i in items)
-    report = index_records(records, collection, ctx.gallery, ctx.embedder,
+    usable: set[str] = set()
+
+    def records() -> Iterator[PhotoRecord | Skipped]:
+        for i in items:
+            if ctx.jobs.is_cancelled(job_id):
+                return
+            record = read_photo_file(i["source"], i["path"], i.get("lat"), i.get("lon"), i.get("extra"), policy,
+                                     store)
+            if isinstance(record, PhotoRecord):
+                usable.add(record.sha256)
+            yield record
+
+    report = index_records(records(), collection, ctx.gallery, ctx.embedder,
                            batch_size=ctx.settings.batch_size, source=f"job {job_id}")
-    outcome = Outcome(done=report.indexed)
-    for item in report.skipped_items:
-        outcome.skip(item["source"], item["reason"])
-    ctx.jobs.finish(job_id, batch, outcome)
+    cancelled = _undo_if_cancelled(ctx, ctx.gallery, job_id, batch, collection,
+                                   [point_id(collection, digest) for digest in usable], len(items))
+    if not cancelled:
+        outcome = Outcome(done=report.indexed)
+        for item in report.skipped_items:
+            outcome.skip(item["source"], item["reason"])
+        ctx.jobs.finish(job_id, batch, outcome)
+    uploaded = {store.digest_of(i["path"]) for i in items} - {None}
+    release_quietly(ctx.every_store, ctx.jobs, store, uploaded | usable if cancelled else uploaded - usable,
+                    but_job=job_id)
+
+
+def _undo_if_cancelled(ctx: JobContext, gallery: Gallery, job_id: str, batch: int, collection: str,
+                       written: list[str], size: int) -> bool:
+    """After a batch's writes: if its job was cancelled meanwhile, delete the points it wrote and record the
+    batch as cancelled. A delete cancels the jobs before it deletes, so it or this removes every write."""
+    if not ctx.jobs.is_cancelled(job_id):
+        return False
+    if written:
+        gallery.delete(SearchFilter(collections=[collection]), ids=written)
+    ctx.jobs.finish(job_id, batch, cancelled_outcome(size))
+    return True
 
 
 def prune_region(ctx: JobContext, job_id: str, batch: int, collection: str, box=None, radius=None) -> None:
@@ -130,6 +168,8 @@ def reembed_batch(ctx: JobContext, job_id: str, batch: int, collection: str, ids
         made_by = {"model": into.embedder.model_id, "bundle": into.embedder.bundle_id}
         into.gallery.upsert([GalleryPoint(h.id, v, {**h.payload, **made_by}) for h, v in zip(hits, vectors)])
         outcome.done = len(hits)
+        if _undo_if_cancelled(ctx, into.gallery, job_id, batch, collection, [h.id for h in hits], len(ids)):
+            return
     ctx.jobs.finish(job_id, batch, outcome)
     if target is not None and (ctx.jobs.get(job_id) or {}).get("state") == "succeeded":
         switch_when_complete(ctx, into)
@@ -156,19 +196,45 @@ TASKS = {
 }
 
 
+# a batch the gallery, or the disk under it, refused: worth trying again later
+RETRYABLE = (GalleryError, OSError)
+
+
+def fault_reason(exc: BaseException) -> str:
+    return "gallery_unavailable" if isinstance(exc, GalleryError) else "storage_unavailable"
+
+
+def backoff_s(first_s: float, attempt: int, cap_s: float) -> float:
+    """first_s, 2 first_s, 4 first_s ... before retry number attempt + 1, at most cap_s."""
+    return min(first_s * 2 ** attempt, cap_s)
+
+
+def _size(kwargs: dict) -> int:
+    return len(kwargs.get("items") or kwargs.get("ids") or [])
+
+
 def give_up(store: JobStore, kwargs: dict, reason: str, message: str) -> None:
     """Count a batch that cannot be done as failed, so its job still finishes and says why."""
-    size = len(kwargs.get("items") or kwargs.get("ids") or [])
-    outcome = Outcome(failed=size, reasons={reason: size} if size else {}, error=message)
-    store.finish(kwargs["job_id"], kwargs["batch"], outcome)
+    size = _size(kwargs)
+    store.finish(kwargs["job_id"], kwargs["batch"], Outcome(failed=size, reasons={reason: size} if size else {},
+                                                            error=message))
+
+
+def execute(task: Callable[..., None], context: Callable[[], JobContext], store: JobStore, kwargs: dict) -> None:
+    """Run one batch unless its job was cancelled (recorded so without asking for a context: a cancelled
+    batch needs no gallery). Errors propagate, for the caller to retry or give up."""
+    if store.is_cancelled(kwargs["job_id"]):
+        store.finish(kwargs["job_id"], kwargs["batch"], cancelled_outcome(_size(kwargs)))
+    else:
+        task(context(), **kwargs)
 
 
 def run_task(ctx: JobContext, task: str, kwargs: dict) -> None:
-    """Run a task here and now; any error fails its batch (the in-process runner has no retries)."""
+    """Run a task here and now, once; any error fails its batch."""
     try:
-        TASKS[task](ctx, **kwargs)
-    except GalleryError as exc:
-        give_up(ctx.jobs, kwargs, "gallery_error", str(exc))
+        execute(TASKS[task], lambda: ctx, ctx.jobs, kwargs)
+    except RETRYABLE as exc:
+        give_up(ctx.jobs, kwargs, fault_reason(exc), str(exc))
     except Exception as exc:
         log.exception("task %s of job %s failed", task, kwargs.get("job_id"))
         give_up(ctx.jobs, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
@@ -184,25 +250,41 @@ class Runner(Protocol):
 
 class InProcessRunner:
     """Runs tasks one at a time on a thread of this process: `geoloc serve` with no broker. `context` is
-    asked for each task, so a task runs with the model that serves when it starts."""
+    asked for each task, so a task runs with the model that serves when it starts. A batch the gallery or
+    its disk refuses is tried `retries` more times after backoff_s (closing the runner ends the wait)."""
 
-    def __init__(self, context: Callable[[], JobContext], store: JobStore):
+    MAX_DELAY_S = 60.0
+
+    def __init__(self, context: Callable[[], JobContext], store: JobStore, retries: int = 0,
+                 retry_delay_s: float = 1.0):
         self.context, self.store = context, store
+        self.retries, self.retry_delay_s = retries, retry_delay_s
+        self._closing = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoloc-jobs")
 
     def submit(self, task: str, kwargs: dict) -> None:
         self._pool.submit(self._run, task, kwargs)
 
     def _run(self, task: str, kwargs: dict) -> None:
-        try:
-            ctx = self.context()
-        except GalleryError as exc:  # the gallery cannot be opened: the batch fails and says why
-            give_up(self.store, kwargs, "gallery_error", str(exc))
-            return
-        run_task(ctx, task, kwargs)
+        for attempt in itertools.count():
+            try:
+                execute(TASKS[task], self.context, self.store, kwargs)
+                return
+            except RETRYABLE as exc:
+                delay = backoff_s(self.retry_delay_s, attempt, self.MAX_DELAY_S)
+                if attempt >= self.retries or self._closing.wait(delay):
+                    give_up(self.store, kwargs, fault_reason(exc), str(exc))
+                    return
+                log.warning("batch %s of job %s: %s; retry %d in %.1f s", kwargs.get("batch"), kwargs.get("job_id"),
+                            exc, attempt + 1, delay)
+            except Exception as exc:
+                log.exception("task %s of job %s failed", task, kwargs.get("job_id"))
+                give_up(self.store, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
+                return
 
     def close(self) -> None:
         """Finish the running batch, drop the queued ones (marked failed at the next start)."""
+        self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -225,25 +307,25 @@ class Jobs:
         return self.store.get(job_id)
 
     def _submit(self, kind: str, task: str, collection: str, owner: str, total: int,
-                payloads: list[dict], pre: Outcome | None = None) -> str:
-        job_id = self.store.create(kind, collection, total, len(payloads), owner, pre)
+                payloads: list[dict], pre: Outcome | None = None, originals: list[str] | None = None) -> str:
+        job_id = self.store.create(kind, collection, total, len(payloads), owner, pre, originals)
         for number, payload in enumerate(payloads, start=1):
             self.runner.submit(task, {"job_id": job_id, "batch": number, "collection": collection, **payload})
         return job_id
 
     def index(self, collection: str, items: list[dict], owner: str, pre: Outcome | None = None,
-              kind: str = "upload", roots: Iterable[Path] | None = None) -> str:
+              kind: str = "upload", roots: Iterable[Path] | None = None, originals: list[str] | None = None) -> str:
         """Photos {"path", "source", "lat", "lon", "extra"}, read only inside `roots` (None: anywhere);
-        `pre`: those refused before queueing."""
+        `pre`: those refused before queueing; `originals`: the digests of stored copies the items are."""
         total = len(items) + (pre.skipped + pre.failed if pre else 0)
         allowed = None if roots is None else [str(root) for root in roots]
         payloads = [{"items": chunk, "roots": allowed} for chunk in _chunks(items, self.batch_size)]
-        return self._submit(kind, "geoloc.index_batch", collection, owner, total, payloads, pre)
+        return self._submit(kind, "geoloc.index_batch", collection, owner, total, payloads, pre, originals)
 
     def import_source(self, collection: str, path: Path, owner: str, roots: Iterable[Path]) -> str:
         """A folder or manifest on the server: every file it names is read only if it lies inside `roots`."""
         roots = [Path(root).resolve() for root in roots]
-        items, pre = plan_import(path, roots)
+        items, pre = plan_import(check_import_path(path, roots), roots)
         return self.index(collection, items, owner, pre, kind="import", roots=roots)
 
     def prune(self, gallery: Gallery, collection: str, owner: str, box=None, radius=None,
@@ -262,31 +344,3 @@ class Jobs:
         ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=[collection]))]
         payloads = [{"ids": chunk, "target": target} for chunk in _chunks(ids, self.batch_size)]
         return self._submit("reembed", "geoloc.reembed_batch", collection, owner, len(ids), payloads)
-
-
-def check_import_path(path: str | Path, roots: Iterable[Path]) -> Path:
-    """The resolved path if it lies under one of the import roots; symlinks cannot lead out of them."""
-    roots = list(roots)
-    if not roots:
-        raise PermissionError("server-side imports are off: set GEOLOC_IMPORT_ROOTS to the folders "
-                              "the API may read from")
-    resolved = Path(path).expanduser().resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise PermissionError(f"{path} is not under an import root ({', '.join(map(str, roots))})")
-    if not resolved.exists():
-        raise SourceError(f"{path}: no such file or folder on the server")
-    return resolved
-
-
-def plan_import(path: Path, roots: Iterable[Path]) -> tuple[list[dict], Outcome]:
-    """A folder or CSV manifest inside `roots` -> photo items for index_batch, and the entries refused up
-    front. Where the files lead is checked when they are read, not here: a symlink may change in between."""
-    items, pre = [], Outcome()
-    for entry in sources.list_entries(path, tuple(roots)):
-        if not entry.supported:
-            pre.skip(entry.source, "unsupported_type")
-        else:
-            items.append({"path": str(entry.path), "source": entry.source, "lat": entry.lat, "lon": entry.lon,
-                          "extra": dict(entry.extra)})
-    return items, pre
-

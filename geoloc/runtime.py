@@ -106,6 +106,13 @@ class Runtime:
             self._galleries[embedder.model_id] = open_gallery(self.settings, embedder.dim, embedder.model_id, encoder)
         return self._galleries[embedder.model_id]
 
+    def every_store(self) -> list[Gallery]:
+        """Every model's store of the gallery, opened once like the serving one: what a delete must cover."""
+        from geoloc.gallery.open import open_every_store
+
+        with self._lock:
+            return list(open_every_store(self.settings, self._galleries).values())
+
     def open_gallery(self) -> Gallery:
         """A handle of its own on the store serving queries, for commands that need no model."""
         from geoloc.gallery.open import open_gallery
@@ -119,7 +126,8 @@ class Runtime:
             return self._store
 
     def job_context(self) -> JobContext:
-        return JobContext(self.settings, self.embedder, self.gallery(), self.job_store(), self.context_for_model)
+        return JobContext(self.settings, self.embedder, self.gallery(), self.job_store(), self.context_for_model,
+                          self.every_store)
 
     def context_for_model(self, encoder: dict) -> JobContext:
         """The job context of the model these encoder settings build (a re-embed's target); its model is
@@ -151,7 +159,8 @@ class Runtime:
             "duplicated)")
         if interrupted:
             log.warning("%d unfinished jobs from a previous run marked failed", interrupted)
-        return InProcessRunner(self.job_context, self.job_store())
+        return InProcessRunner(self.job_context, self.job_store(), self.settings.task_retries,
+                               self.settings.task_retry_delay)
 
     def jobs(self) -> Jobs:
         return Jobs(self.job_store(), self.runner(), self.settings.job_batch)

@@ -1,7 +1,9 @@
 """geoloc's own copies of indexed photos, content-addressed by SHA-256 under the data home.
 
 Uploads land here before their job runs; CLI and import ingests copy each usable photo here as they read
-it. Re-embedding and serving a photo back read only these copies, never a path a source once named.
+it. Re-embedding and serving a photo back read only these copies, never a path a source once named. One copy
+serves every collection holding the same bytes. Files made from a copy (a thumbnail, say) live beside it as
+`<digest>.<suffix>` and go with it.
 """
 
 from __future__ import annotations
@@ -9,11 +11,21 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from geoloc.ingest.records import sha256_hex
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    digest: str | None  # the photo it belongs to; None for a write cut short (a temporary file)
+    size: int
+    mtime: float
 
 
 class OriginalStore:
@@ -26,10 +38,13 @@ class OriginalStore:
         return f"{digest[:2]}/{digest}"
 
     def put(self, data: bytes) -> tuple[str, Path]:
-        """(sha256, path) of the stored bytes; storing the same bytes twice keeps one file."""
+        """(sha256, path) of the stored bytes; storing the same bytes twice keeps one file, whose time is
+        renewed (a sweep measures how long a copy has gone unneeded from it)."""
         digest = sha256_hex(data)
         path = self.directory / self.name(digest)
-        if not path.exists():
+        try:
+            os.utime(path)
+        except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
             with os.fdopen(fd, "wb") as out:
@@ -43,3 +58,46 @@ class OriginalStore:
             return None
         path = self.directory / self.name(digest)
         return path if path.is_file() and not path.is_symlink() else None
+
+    def digest_of(self, path: str | Path) -> str | None:
+        """The digest of a stored copy named by its path, or None for any other path."""
+        path = Path(path)
+        if _DIGEST.fullmatch(path.name) and path.parent == self.directory / path.name[:2]:
+            return path.name
+        return None
+
+    def remove(self, digest: str) -> int:
+        """Remove a stored photo and the files made from it; the bytes freed."""
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            return 0
+        folder = self.directory / digest[:2]
+        return sum(_unlink(path) for path in [folder / digest, *folder.glob(f"{digest}.*")])
+
+    def files(self) -> Iterator[StoredFile]:
+        """Every file in the store: copies, files made from them, and temporary files of interrupted writes."""
+        if not self.directory.is_dir():
+            return
+        with os.scandir(self.directory) as folders:
+            names = sorted(f.path for f in folders if len(f.name) == 2 and f.is_dir(follow_symlinks=False))
+        for folder in names:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        info = entry.stat(follow_symlinks=False)
+                        stem = entry.name.split(".", 1)[0]
+                        yield StoredFile(Path(entry.path), stem if _DIGEST.fullmatch(stem) else None,
+                                         info.st_size, info.st_mtime)
+
+    @staticmethod
+    def discard(stored: StoredFile) -> int:
+        """Remove one file of the store; the bytes freed."""
+        return _unlink(stored.path)
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.lstat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size

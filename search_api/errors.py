@@ -1,7 +1,9 @@
 """Every error as JSON a person can act on: {"error": {"status", "code", "message"}}.
 
 Domain exceptions map to statuses here, once, so routes raise what the core raises. Only a bug gives
-a 500, and its message never echoes internals.
+a 500, and its message never echoes internals. What the server needs and cannot use right now (the
+gallery, the job queue, the disk under the data home, a lock another process holds) is a 503 with
+Retry-After: the same request may succeed later.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from filelock import Timeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geoloc.gallery.base import GalleryError
@@ -19,6 +22,8 @@ from geoloc.ingest.images import ImageError
 from geoloc.ingest.sources import SourceError
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait before trying again
 
 
 class ApiError(Exception):
@@ -33,6 +38,20 @@ def error_body(status: int, code: str, message: str) -> dict:
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
+
+
+def unavailable(code: str, message: str) -> JSONResponse:
+    return error_response(503, code, message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _storage_fault(exc: OSError) -> JSONResponse:
+    """An OSError that reached a route: the data home's disk or a lock on it, never the caller's doing."""
+    if isinstance(exc, Timeout):
+        return unavailable("busy", f"{exc.lock_file} is locked by another process: retry shortly; if this lasts, "
+                                   f"look for a stuck geoloc process")
+    where = f" {exc.filename}" if exc.filename else ""
+    return unavailable("storage_unavailable", f"the server cannot use{where}: {exc.strerror or exc}: check the "
+                                              f"disk, its free space and the permissions of GEOLOC_HOME")
 
 
 IMAGE_MESSAGES = {
@@ -80,7 +99,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PermissionError)
     async def forbidden(_: Request, exc: PermissionError):
+        if exc.errno is not None:  # the disk refused the server, not the server the caller
+            return _storage_fault(exc)
         return error_response(403, "forbidden", str(exc))
+
+    @app.exception_handler(OSError)
+    async def storage(_: Request, exc: OSError):
+        log.warning("storage fault: %s", exc)
+        return _storage_fault(exc)
 
     @app.exception_handler(ImageError)
     async def bad_image(_: Request, exc: ImageError):
@@ -98,13 +124,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(GalleryError)
     async def gallery_unavailable(_: Request, exc: GalleryError):
-        return error_response(503, "gallery_unavailable", str(exc))
+        return unavailable("gallery_unavailable", str(exc))
 
     for broker_error in _broker_errors():
         @app.exception_handler(broker_error)
         async def queue_unavailable(_: Request, exc: Exception):
-            return error_response(503, "queue_unavailable",
-                                  f"the job queue (GEOLOC_BROKER_URL) is unreachable: {exc}")
+            return unavailable("queue_unavailable", f"the job queue (GEOLOC_BROKER_URL) is unreachable: {exc}")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
@@ -123,7 +148,9 @@ ERROR_RESPONSES = {
         (413, "too_large", "A photo or the request is too large", "the photo is larger than 20 MiB"),
         (422, "invalid_request", "Bad input (missing field, corrupt photo ...)",
          "k: Input should be less than or equal to 100"),
-        (503, "gallery_unavailable", "The gallery or the job queue is unreachable",
-         "cannot reach the Qdrant server at http://qdrant:6333"),
+        (503, "gallery_unavailable", "The gallery, the job queue or the disk cannot be used now: retry after "
+                                     "the Retry-After header's seconds",
+         "the gallery directory /data/gallery is missing (deleted, or its volume is not mounted): restore it "
+         "from a backup or mount its volume again"),
     ]
 }

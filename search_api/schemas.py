@@ -200,8 +200,9 @@ class Job(BaseModel):
     id: str
     kind: Literal["upload", "import", "prune", "reembed"]
     collection: str
-    state: Literal["queued", "running", "succeeded", "failed"] = Field(
-        description="failed: finished, but some photos failed (see reasons) or a batch could not run (error)")
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
+        description="failed: finished, but some photos failed (see reasons) or a batch could not run (error); "
+                    "cancelled: its collection was deleted (error says so)")
     total: int = Field(description="Photos the job covers")
     done: int = Field(description="Photos indexed, examined (prune) or re-embedded")
     skipped: int = Field(description="Photos left out for a reason of their own (no GPS, undecodable ...)")

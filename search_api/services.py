@@ -11,6 +11,7 @@ from geoloc.gallery.base import Gallery
 from geoloc.ingest.originals import OriginalStore
 from geoloc.jobs import Jobs
 from geoloc.keys import KeyStore
+from geoloc.retention import sweep_in_background
 from geoloc.runtime import Runtime
 from geoloc.search_api.registry import CollectionRegistry
 from geoloc.settings import Settings
@@ -54,6 +55,7 @@ class Services:
 
 def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     runtime = Runtime(settings, embedder)
+    jobs = runtime.jobs()
+    sweep_in_background(settings, runtime.every_store, jobs.store)  # what earlier runs left in the spool
     return Services(runtime, KeyStore(settings.keys_path), AuditLog(settings.audit_path),
-                    CollectionRegistry(settings.home / "collections.json"), OriginalStore(settings.spool_dir),
-                    runtime.jobs())
+                    CollectionRegistry(settings.home / "collections.json"), OriginalStore(settings.spool_dir), jobs)

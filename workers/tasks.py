@@ -1,8 +1,9 @@
-"""Celery tasks: thin wrappers over geoloc.jobs that retry, with backoff, while the gallery is unreachable.
+"""Celery tasks: thin wrappers over geoloc.jobs that retry, with backoff, while the gallery (or the disk under
+it) cannot be used: unreachable, missing, unreadable, locked by another process.
 
 Each pool process builds its runtime once, when it starts (the model on its own GPU when there are
 several, see geoloc.runtime.for_process); the gallery is opened on the first task, inside the retries,
-so a worker started before Qdrant is up still comes good.
+so a worker started before Qdrant is up still comes good. A batch of a cancelled job does nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from celery.signals import worker_process_init
 from celery.utils.log import current_process_index
 
 from geoloc import jobs
-from geoloc.gallery.base import GalleryError
 from geoloc.runtime import Runtime, for_process
 from geoloc.settings import Settings
 from geoloc.task_queue import margin_s
@@ -33,20 +33,21 @@ def _load_model(**_) -> None:
     runtime().embedder
 
 
-def _backoff(retries: int) -> int:
-    """1, 2, 4 ... seconds, capped below the visibility timeout's margin."""
-    return min(2 ** retries, margin_s(runtime().settings.task_time_limit))
+def _backoff(retries: int) -> float:
+    """GEOLOC_TASK_RETRY_DELAY, then twice that ..., capped below the visibility timeout's margin."""
+    settings = runtime().settings
+    return jobs.backoff_s(settings.task_retry_delay, retries, margin_s(settings.task_time_limit))
 
 
 def _run(task, fn, kwargs: dict) -> None:
     rt = runtime()
     try:
-        fn(rt.job_context(), **kwargs)
-    except GalleryError as exc:
+        jobs.execute(fn, rt.job_context, rt.job_store(), kwargs)
+    except jobs.RETRYABLE as exc:
         if task.request.retries < rt.settings.task_retries:
             log.warning("gallery unavailable (%s): retry %d", exc, task.request.retries + 1)
             raise task.retry(exc=exc, countdown=_backoff(task.request.retries))
-        jobs.give_up(rt.job_store(), kwargs, "gallery_unavailable", str(exc))
+        jobs.give_up(rt.job_store(), kwargs, jobs.fault_reason(exc), str(exc))
     except Exception as exc:
         jobs.give_up(rt.job_store(), kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
         raise

@@ -11,9 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
+from geoloc import retention
 from geoloc.gallery.base import SearchFilter
 from geoloc.job_store import Outcome
-from geoloc.jobs import check_import_path
+from geoloc.imports import check_import_path
 from geoloc.ingest.coordinates import GpsError, validate_coordinates
 from geoloc.ingest.records import point_id
 from geoloc.search_api.auth import Admin, AdminCreating, Caller, Svc
@@ -71,11 +72,21 @@ def create_collection(svc: Svc, _: AdminCreating, body: NewCollection):
     return {"name": body.name, "photos": 0, **entry}
 
 
+@router.get("/{name}", response_model=CollectionInfo, responses=NOT_FOUND, summary="One collection")
+def get_collection(svc: Svc, key: Caller, name: str):
+    key.scope([checked_name(name)])
+    _require(svc, name)
+    return {"name": name, "photos": svc.gallery().collections().get(name, 0), **svc.registry.all().get(name, {})}
+
+
 @router.delete("/{name}", response_model=Deleted, responses=NOT_FOUND,
-               summary="Delete a collection and all its photos from the gallery")
+               summary="Delete a collection: its photos in every model's store, its jobs, its stored originals",
+               description="Its queued and running jobs are cancelled (they end `cancelled` and add nothing "
+                           "afterwards), and the stored originals of its photos go unless another collection "
+                           "holds the same photo.")
 def delete_collection(svc: Svc, _: Admin, name: str):
     _require(svc, name)
-    deleted = svc.gallery().delete_collection(name)
+    deleted = retention.delete_collection(svc.runtime.every_store(), svc.jobs.store, svc.originals, name)
     svc.registry.remove(name)
     return {"deleted": deleted}
 
@@ -101,6 +112,21 @@ def upload_images(svc: Svc, key: Admin, response: Response, name: str,
         raise ApiError(422, "invalid_request", f"{len(photos)} photos but {len(lat)} lat and {len(lon)} lon: "
                                                f"send one of each per photo (empty for EXIF), or none")
     _require(svc, name)
+    stored: set[str] = set()
+    try:
+        pre, items, listing = _spool(svc, name, photos, lat, lon, stored)
+        job_id = svc.jobs.index(name, items, key.id, pre, kind="upload", roots=[svc.originals.directory],
+                                originals=sorted(stored))
+    except Exception:  # no job will read what this request stored: it goes, unless something else needs it
+        retention.release_quietly(svc.runtime.every_store, svc.jobs.store, svc.originals, stored)
+        raise
+    return _accepted(svc, response, job_id, listing)
+
+
+def _spool(svc: Services, name: str, photos: list[UploadFile], lat: list[str], lon: list[str],
+           stored: set[str]) -> tuple[Outcome, list[dict], list[dict]]:
+    """(refused up front, items to index, the listing answered) of an upload; `stored` collects the digests
+    of the copies kept for the job."""
     pre, items, listing, seen = Outcome(), [], [], set()
     for i, upload in enumerate(photos):
         source = upload.filename or f"photo {i + 1}"
@@ -111,10 +137,10 @@ def upload_images(svc: Svc, key: Admin, response: Response, name: str,
             listing.append({"filename": source, "id": None, "sha256": digest, "status": "skipped",
                             "reason": reason})
             continue
+        stored.add(digest)
         items.append({"path": str(path), "source": source, "lat": given[0] or None, "lon": given[1] or None})
         listing.append({"filename": source, "id": point_id(name, digest), "sha256": digest, "status": "queued"})
-    job_id = svc.jobs.index(name, items, key.id, pre, kind="upload", roots=[svc.originals.directory])
-    return _accepted(svc, response, job_id, listing)
+    return pre, items, listing
 
 
 def _accept(svc: Services, upload: UploadFile, coordinates: tuple[str, str],

@@ -1,0 +1,45 @@
+"""`geoloc maintenance`: keeping the data home tidy. `sweep` removes stored originals nothing needs."""
+
+from __future__ import annotations
+
+from geoloc.cli.common import add_json_option, print_json, settings_from
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def cmd_sweep(args) -> int:
+    from geoloc.retention import sweep_with
+    from geoloc.runtime import Runtime
+
+    settings = settings_from(args)
+    if args.max_age is not None:
+        settings.spool_max_age = args.max_age
+    if args.max_bytes is not None:
+        settings.spool_max_bytes = args.max_bytes
+    with Runtime(settings) as runtime:
+        swept = sweep_with(settings, runtime.every_store, runtime.job_store())
+    if args.json:
+        print_json({"spool": str(settings.spool_dir), "removed": swept.removed, "freed_bytes": swept.freed,
+                    "kept": swept.kept, "kept_bytes": swept.kept_bytes})
+        return 0
+    print(f"removed {swept.removed} files ({_mib(swept.freed)}) from {settings.spool_dir}; "
+          f"kept {swept.kept} ({_mib(swept.kept_bytes)})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("maintenance", help="keep the data home tidy (geoloc maintenance sweep)")
+    tasks = p.add_subparsers(dest="task", required=True)
+    s = tasks.add_parser("sweep", help="remove stored photo originals that no photo and no unfinished job needs",
+                         description="Removes the copies in the spool that no photo of any model's store and no "
+                                     "unfinished job needs, once older than GEOLOC_SPOOL_MAX_AGE seconds, or "
+                                     "sooner, oldest first, while together they weigh more than "
+                                     "GEOLOC_SPOOL_MAX_BYTES. The API also sweeps when it starts. Needs the "
+                                     "gallery: with an embedded one, run it while no server holds it, or share "
+                                     "it (GEOLOC_GALLERY_SHARED).")
+    s.add_argument("--max-age", type=int, help="seconds (default GEOLOC_SPOOL_MAX_AGE, 3600)")
+    s.add_argument("--max-bytes", type=int, help="bytes (default GEOLOC_SPOOL_MAX_BYTES, 1 GiB)")
+    add_json_option(s)
+    s.set_defaults(func=cmd_sweep)
