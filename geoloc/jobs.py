@@ -81,9 +81,13 @@ def index_batch(ctx: JobContext, job_id: str, batch: int, collection: str, items
     cancelled = _undo_if_cancelled(ctx, ctx.gallery, job_id, batch, collection,
                                    [point_id(collection, digest) for digest in usable], len(items))
     if not cancelled:
-        outcome = Outcome(done=report.indexed)
+        # a photo already in the collection is done for the job (a batch redelivered after a killed worker
+        # finds its own earlier writes), though indexing did not need to embed it again
+        again = [item for item in report.skipped_items if item["reason"] == "already_indexed"]
+        outcome = Outcome(done=report.indexed + len(again))
         for item in report.skipped_items:
-            outcome.skip(item["source"], item["reason"])
+            if item["reason"] != "already_indexed":
+                outcome.skip(item["source"], item["reason"])
         ctx.jobs.finish(job_id, batch, outcome)
     uploaded = {store.digest_of(i["path"]) for i in items} - {None}
     release_quietly(ctx.every_store, ctx.jobs, store, uploaded | usable if cancelled else uploaded - usable,

@@ -55,14 +55,20 @@ def cmd_collections(args) -> int:
 
 
 def cmd_drop(args) -> int:
-    with runtime_from(args).open_gallery() as gallery:
-        count = gallery.collections().get(args.name)
-        if count is None:
+    """Everywhere it was stored: every model's store, its unfinished jobs, the originals nothing else needs."""
+    from geoloc import retention
+    from geoloc.ingest.originals import OriginalStore
+
+    with runtime_from(args) as runtime:
+        stores = runtime.every_store()
+        count = max((store.collections().get(args.name, 0) for store in stores), default=0)
+        if not count:
             raise UserError(f"no collection named '{args.name}'")
         if not confirm(f"delete collection '{args.name}' and its {count} photos from the gallery", args.yes):
             print("nothing dropped", file=sys.stderr)
             return 1
-        removed = gallery.delete_collection(args.name)
+        removed = retention.delete_collection(stores, runtime.job_store(), OriginalStore(runtime.settings.spool_dir),
+                                              args.name)
     if args.json:
         print_json({"collection": args.name, "removed": removed})
     else:
