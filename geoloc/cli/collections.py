@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from geoloc.cli.common import UserError, add_json_option, add_model_options, confirm, print_counts, print_json, \
-    runtime_from
+from geoloc.cli.common import (UserError, add_json_option, add_model_options, confirm, print_counts, print_json,
+                               result, runtime_from)
 from geoloc.cli.dry_run import RecordingGallery
 from geoloc.job_store import FileJobStore
 
@@ -69,10 +69,7 @@ def cmd_drop(args) -> int:
             return 1
         removed = retention.delete_collection(stores, runtime.job_store(), OriginalStore(runtime.settings.spool_dir),
                                               args.name)
-    if args.json:
-        print_json({"collection": args.name, "removed": removed})
-    else:
-        print(f"dropped '{args.name}': {removed} photos removed")
+    result(args, {"collection": args.name, "removed": removed}, f"dropped '{args.name}': {removed} photos removed")
     return 0
 
 

@@ -90,6 +90,14 @@ def print_json(document) -> None:
     print(json.dumps(document, indent=2))
 
 
+def result(args: argparse.Namespace, document, text: str) -> None:
+    """A command's result: the JSON document with --json, else the text for a person."""
+    if getattr(args, "json", False):
+        print_json(document)
+    else:
+        print(text)
+
+
 def confirm(action: str, yes: bool) -> bool:
     """Whether to `action` ("delete ..."): --yes, or y typed at the terminal. With no terminal to ask on and
     no --yes, a UserError: a script that deletes must say so."""

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from geoloc.cli.common import add_encoder_options, add_json_option, print_json, settings_from
+from geoloc.cli.common import add_encoder_options, add_json_option, print_json, result, settings_from
 
 
 def cmd_encoders(args) -> int:
@@ -30,10 +30,7 @@ def cmd_fetch(args) -> int:
     from geoloc.models.encoders import fetch_weights
 
     message = fetch_weights(args.name)
-    if args.json:
-        print_json({"encoder": args.name, "message": message})
-    else:
-        print(message)
+    result(args, {"encoder": args.name, "message": message}, message)
     return 0
 
 

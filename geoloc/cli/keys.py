@@ -7,7 +7,7 @@ import re
 import sys
 from datetime import date, datetime, time, timedelta, timezone
 
-from geoloc.cli.common import add_json_option, add_list_option, print_json
+from geoloc.cli.common import add_json_option, add_list_option, print_json, result
 from geoloc.settings import Settings
 
 UNITS = {"h": "hours", "d": "days", "w": "weeks"}
@@ -49,10 +49,7 @@ def cmd_keys_create(args) -> int:
     scope = ", ".join(key.collections) or "every collection"
     until = f", expires {key.expires}" if key.expires else ""
     print(f"created {key.role} key {key.id} ({scope}{until}); the token below is shown only once", file=sys.stderr)
-    if args.json:
-        print_json({**key.public(), "token": token})
-    else:
-        print(token)
+    result(args, {**key.public(), "token": token}, token)
     return 0
 
 
@@ -82,10 +79,7 @@ def cmd_keys_list(args) -> int:
 
 def cmd_keys_revoke(args) -> int:
     key = _store().revoke(args.id)
-    if args.json:
-        print_json({**key.public(), "state": key.state()})
-    else:
-        print(f"revoked {key.role} key {key.id}")
+    result(args, {**key.public(), "state": key.state()}, f"revoked {key.role} key {key.id}")
     return 0
 
 

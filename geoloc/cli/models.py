@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from geoloc.cli.collections import follow_job
-from geoloc.cli.common import UserError, add_json_option, add_list_option, print_json
+from geoloc.cli.common import UserError, add_json_option, add_list_option, print_json, result
 from geoloc.settings import DEFAULT_BACKBONE, Settings
 
 
@@ -94,10 +94,8 @@ def cmd_models_drop(args) -> int:
     with open_gallery(settings, entry["dim"], args.model) as store:
         removed = sum(store.delete_collection(name) for name in list(store.collections()))
     stores.forget(args.model)
-    if args.json:
-        print_json({"model": args.model, "removed": removed})
-    else:
-        print(f"dropped the store of {args.model}: {removed} photos removed")
+    result(args, {"model": args.model, "removed": removed},
+           f"dropped the store of {args.model}: {removed} photos removed")
     return 0
 
 
