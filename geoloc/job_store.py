@@ -12,6 +12,7 @@ running undoes its writes (geoloc.jobs). Each store also knows its unfinished jo
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -108,6 +109,9 @@ class JobStore(Protocol):
     def unfinished(self) -> list[dict]:
         """Every job neither finished nor cancelled, each with the `originals` it needs."""
 
+    def owned(self, owner: str, limit: int, offset: int) -> tuple[list[dict], int]:
+        """(a page of the jobs `owner` started, newest first; how many it has in all)."""
+
 
 def cancel_collection(store: JobStore, collection: str, reason: str) -> list[dict]:
     """Cancel every unfinished job of a collection; those jobs, as they were."""
@@ -159,7 +163,7 @@ class FileJobStore:
         with self._lock:
             (self._open / meta["id"]).touch()
             self._save({"meta": meta, "started": None, "outcomes": {"0": asdict(pre)} if pre else {},
-                        "originals": list(originals or []), "cancelled": None})
+                        "originals": list(originals or []), "cancelled": None, "order": time.time_ns()})
         return meta["id"]
 
     def get(self, job_id):
@@ -206,6 +210,12 @@ class FileJobStore:
                 jobs.append({**self._summary(record), "originals": record.get("originals", [])})
         return jobs
 
+    def owned(self, owner, limit, offset) -> tuple[list[dict], int]:
+        records = [r for r in map(self._load, (p.stem for p in self.directory.glob("*.json")))
+                   if r is not None and r["meta"]["owner"] == owner]
+        records.sort(key=lambda r: (r["meta"]["created"], r.get("order", 0)), reverse=True)
+        return [self._summary(r) for r in records[offset:offset + limit]], len(records)
+
     def interrupt_unfinished(self, reason: str) -> int:
         """Fail every job left unfinished by a stopped server: its thread, and its queue, are gone."""
         count = 0
@@ -235,6 +245,7 @@ class RedisJobStore:
     ones. The client must decode responses."""
 
     OPEN = "geoloc:jobs:open"
+    OWNED = "geoloc:jobs:owner:{}"  # a sorted set per key: its jobs' ids, scored by creation time
 
     def __init__(self, client):
         self.redis = client
@@ -249,6 +260,8 @@ class RedisJobStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(job_key, mapping={"meta": json.dumps(meta), "originals": json.dumps(list(originals or []))})
             pipe.expire(job_key, JOB_TTL_S).sadd(self.OPEN, meta["id"])
+            owned = self.OWNED.format(owner)
+            pipe.zadd(owned, {meta["id"]: time.time()}).expire(owned, JOB_TTL_S)
             if pre is not None:
                 pipe.hset(batches_key, "0", json.dumps(asdict(pre))).expire(batches_key, JOB_TTL_S)
             pipe.execute()
@@ -298,6 +311,13 @@ class RedisJobStore:
             else:
                 jobs.append({**job, "originals": json.loads(record.get("originals") or "[]")})
         return jobs
+
+
+    def owned(self, owner, limit, offset) -> tuple[list[dict], int]:
+        owned = self.OWNED.format(owner)
+        self.redis.zremrangebyscore(owned, "-inf", time.time() - JOB_TTL_S)  # their records have expired
+        jobs = [job for job in map(self.get, self.redis.zrevrange(owned, offset, offset + limit - 1)) if job]
+        return jobs, self.redis.zcard(owned)
 
 
 def open_job_store(settings: Settings):

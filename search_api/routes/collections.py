@@ -5,6 +5,7 @@ as jobs."""
 from __future__ import annotations
 
 import mimetypes
+from itertools import islice
 from pathlib import Path
 from typing import Annotated
 
@@ -18,22 +19,26 @@ from geoloc.imports import check_import_path
 from geoloc.ingest.coordinates import GpsError, validate_coordinates
 from geoloc.ingest.records import point_id
 from geoloc.search_api.auth import Admin, AdminCreating, Caller, Svc
-from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
-from geoloc.search_api.routes.common import checked_name, image_id
+from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
+from geoloc.search_api.routes.common import checked_name, image_id, photo_url
 from geoloc.search_api.schemas import (
     CollectionInfo,
     CollectionList,
     Deleted,
+    ImagePage,
     ImportRequest,
     JobAccepted,
+    Limit,
     NewCollection,
+    Offset,
     PruneRequest,
     ReembedRequest,
 )
 from geoloc.search_api.services import Services
 
 router = APIRouter(prefix="/collections", tags=["collections"], responses=ERROR_RESPONSES)
-NOT_FOUND = {404: {"description": "No such collection or photo"}}
+NOT_FOUND = {404: documented(404, "No such collection or photo", "no_collection",
+                             "no collection named 'news': create it first with POST /v1/collections")}
 
 
 def _existing(svc: Services) -> dict[str, int]:
@@ -62,7 +67,7 @@ def list_collections(svc: Svc, key: Caller):
 
 
 @router.post("", response_model=CollectionInfo, status_code=201, summary="Declare a collection",
-             responses={409: {"description": "The name is taken"}})
+             responses={409: documented(409, "The name is taken", "exists", "collection 'news' already exists")})
 def create_collection(svc: Svc, _: AdminCreating, body: NewCollection):
     if body.name in _existing(svc):
         raise ApiError(409, "exists", f"collection '{body.name}' already exists")
@@ -173,6 +178,18 @@ def import_source(svc: Svc, key: Admin, response: Response, name: str, body: Imp
     _require(svc, name)
     path = check_import_path(body.path, svc.settings.import_roots)
     return _accepted(svc, response, svc.jobs.import_source(name, path, key.id, svc.settings.import_roots))
+
+
+@router.get("/{name}/images", response_model=ImagePage, responses=NOT_FOUND,
+            summary="The photos of a collection, a page at a time")
+def list_images(svc: Svc, key: Caller, name: str, limit: Limit = 50, offset: Offset = 0):
+    key.scope([checked_name(name)])
+    _require(svc, name)
+    gallery, where = svc.gallery(), SearchFilter(collections=[name])
+    hits = islice(gallery.scroll(where, batch=min(offset + limit, 512)), offset, offset + limit)
+    items = [{"id": h.id, "source": h.payload.get("source", ""), "lat": h.lat, "lon": h.lon,
+              "photo_url": photo_url(name, h.id)} for h in hits]
+    return {"items": items, "total": gallery.count(where), "limit": limit, "offset": offset}
 
 
 @router.delete("/{name}/images/{image}", response_model=Deleted, responses=NOT_FOUND,
