@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from filelock import Timeout
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geoloc.gallery.base import GalleryError
@@ -137,20 +138,37 @@ def install(app: FastAPI) -> None:
         return error_response(500, "internal_error", "an internal error occurred; it has been logged")
 
 
-# documented on every route that can give them
+class ErrorDetail(BaseModel):
+    status: int = Field(description="The HTTP status, again")
+    code: str = Field(description="What went wrong, for programs: `unauthorized`, `no_collection`, ...")
+    message: str = Field(description="What went wrong and what to do, for people")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the API answers."""
+    error: ErrorDetail
+
+
+def documented(status: int, description: str, code: str, message: str) -> dict:
+    """An OpenAPI `responses` entry for an error: the one error schema, with an example."""
+    return {"model": ErrorBody, "description": description,
+            "content": {"application/json": {"example": error_body(status, code, message)}}}
+
+
+# documented on every /v1 route: what any keyed request can be answered besides its own errors
 ERROR_RESPONSES = {
-    status: {"description": text, "content": {"application/json": {"example": error_body(status, code, message)}}}
-    for status, code, text, message in [
-        (401, "unauthorized", "No key, or an unknown or revoked one",
-         "send an API key: Authorization: Bearer gk_..."),
-        (403, "forbidden", "The key may not do this",
-         "key 3f2a9c1b0d4e may not search archive; it may search news"),
-        (413, "too_large", "A photo or the request is too large", "the photo is larger than 20 MiB"),
-        (422, "invalid_request", "Bad input (missing field, corrupt photo ...)",
-         "k: Input should be less than or equal to 100"),
-        (503, "gallery_unavailable", "The gallery, the job queue or the disk cannot be used now: retry after "
-                                     "the Retry-After header's seconds",
-         "the gallery directory /data/gallery is missing (deleted, or its volume is not mounted): restore it "
-         "from a backup or mount its volume again"),
-    ]
+    401: documented(401, "No key, or an unknown, expired or revoked one", "unauthorized",
+                    "send an API key: Authorization: Bearer gk_..."),
+    403: documented(403, "The key may not do this", "forbidden",
+                    "key 3f2a9c1b0d4e may not search archive; it may search news"),
+    413: documented(413, "A photo or the request is too large", "too_large", "the photo is larger than 20 MiB"),
+    422: documented(422, "Bad input (missing field, corrupt photo ...)", "invalid_request",
+                    "k: Input should be less than or equal to 100"),
+    429: documented(429, "The key is over a quota: retry after the Retry-After header's seconds",
+                    "too_many_requests", "key 3f2a9c1b0d4e may send 600 requests per minute: try again in 12 s, "
+                                         "or ask an admin for a key with a higher quota"),
+    503: documented(503, "The gallery, the job queue or the disk cannot be used now: retry after the "
+                         "Retry-After header's seconds", "gallery_unavailable",
+                    "the gallery directory /data/gallery is missing (deleted, or its volume is not mounted): "
+                    "restore it from a backup or mount its volume again"),
 }

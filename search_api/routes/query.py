@@ -15,12 +15,14 @@ from geoloc.geodesy import haversine_km
 from geoloc.locate import Locator
 from geoloc.search_api.audit_requests import details
 from geoloc.search_api.auth import Caller, Svc
-from geoloc.search_api.errors import ERROR_RESPONSES, ApiError
+from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
 from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
 from geoloc.search_api.schemas import LocateResponse, SimilarResponse
 from geoloc.zero_shot import PRIORS
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses={
+    **ERROR_RESPONSES, 409: documented(409, "The gallery or the model cannot answer this yet", "not_ready",
+                                       "news holds no photos yet: index some first (geoloc index PATH)")})
 
 MAX_K = 100
 PhotoField = Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP or TIFF")]
@@ -31,7 +33,7 @@ CollectionsField = Annotated[str | None, Form(
 Audit = Annotated[dict, Depends(details)]  # what this request's audit line says it searched and answered
 
 
-@router.post("/locate", response_model=LocateResponse, responses=ERROR_RESPONSES,
+@router.post("/locate", response_model=LocateResponse,
              summary="Where was this photo taken?",
              description="The estimated location, its evidence (the most similar located photos) and, "
                          "with a model bundle, the likely cells and a confidence. With a bundle the search "
@@ -67,7 +69,7 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     return {**answer, "collections": scope, "model": embedder.model_id}
 
 
-@router.post("/similar", response_model=SimilarResponse, responses=ERROR_RESPONSES,
+@router.post("/similar", response_model=SimilarResponse,
              summary="The most similar located photos",
              description="Plain retrieval, optionally only within `radius_km` of (`lat`, `lon`).")
 def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
