@@ -7,6 +7,7 @@ A bad value stops every entry point with one line naming the variable and the pr
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,6 +62,8 @@ class Settings(BaseSettings):
     gallery_shared: Flag = False
     # server-side folders and CSV manifests the API may import from (os.pathsep-separated); none by default
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # browser origins (scheme://host[:port], or *) whose pages may call the API, comma-separated; none by default
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # API keys: off only for a trusted loopback (every caller is then an admin)
     require_keys: Flag = True
     # per-key quotas (429 beyond them), shared by API processes through the broker's Redis when there is one;
@@ -116,6 +119,19 @@ class Settings(BaseSettings):
         if missing:
             raise ValueError(f"no such file or folder: {', '.join(missing)}")
         return resolved
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        bad = [o for o in origins if o != "*" and not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?", o)]
+        if bad:
+            raise ValueError(f"not an origin (scheme://host[:port], no path, or *): {', '.join(bad)}")
+        return origins
 
     @property
     def gallery_dir(self) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
 from geoloc import __version__
 from geoloc.settings import Settings
@@ -25,6 +27,12 @@ locate and search only the collections they are granted. Keys are created with `
 """
 
 
+def operation_id(route: APIRoute) -> str:
+    """The route function's name in camelCase (`listCollections`): what generated clients call it."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """An app over `services` (tests pass their own), or over services built from `settings` at startup."""
     settings = services.settings if services else settings or Settings()
@@ -39,6 +47,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 app.state.services.close()
 
     app = FastAPI(title="geoloc", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  generate_unique_id_function=operation_id,
                   docs_url=None, redoc_url=None)  # site serves both from this install, not from a CDN
     errors.install(app)
     request_limit = settings.max_photo_bytes * settings.max_batch_photos + (1 << 20)
@@ -52,4 +61,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)
     site.install(app)
+    if settings.cors_origins:  # added last, so outermost: refusals by the other middleware carry its headers too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Location", "Retry-After"])
     return app
