@@ -1,11 +1,15 @@
-"""Locate a photo and find similar located photos: reader endpoints, audited."""
+"""Locate photos and find similar located photos: reader endpoints, audited.
+
+Both take one photo or several (the `photo` field repeated, up to GEOLOC_MAX_BATCH_PHOTOS): the model runs
+once over them all. One photo is answered as such; several are answered `{"answers": [...]}`, one answer
+per photo in the order sent. Every photo counts against the key's photo quota."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.aggregation import AGGREGATORS
@@ -17,7 +21,7 @@ from geoloc.search_api.audit_requests import details
 from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
 from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
-from geoloc.search_api.schemas import LocateResponse, SimilarResponse
+from geoloc.search_api.schemas import LocateAnswers, LocateResponse, SimilarAnswers, SimilarResponse
 from geoloc.zero_shot import PRIORS
 
 router = APIRouter(tags=["search"], responses={
@@ -25,7 +29,8 @@ router = APIRouter(tags=["search"], responses={
                                        "news holds no photos yet: index some first (geoloc index PATH)")})
 
 MAX_K = 100
-PhotoField = Annotated[UploadFile, File(description="The photo: JPEG, PNG, WebP or TIFF")]
+PhotoField = Annotated[list[UploadFile], File(
+    description="The photo: JPEG, PNG, WebP or TIFF; repeat the field to send several")]
 KField = Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours to retrieve")]
 CollectionsField = Annotated[str | None, Form(
     description="Comma-separated collections to search; default: every collection the key may search",
@@ -33,7 +38,28 @@ CollectionsField = Annotated[str | None, Form(
 Audit = Annotated[dict, Depends(details)]  # what this request's audit line says it searched and answered
 
 
-@router.post("/locate", response_model=LocateResponse,
+async def batch_within_limit(request: Request) -> None:
+    """Refuse too many photos before the key is charged for them."""
+    most = request.app.state.services.settings.max_batch_photos
+    sent = len((await request.form()).getlist("photo"))
+    if sent > most:
+        raise ApiError(413, "too_many_photos", f"{sent} photos in one request; send at most {most} "
+                                               f"(GEOLOC_MAX_BATCH_PHOTOS) per request")
+
+
+Batch = Depends(batch_within_limit)
+
+
+def _answered(audit: dict, answers: list[dict], what: list[dict]):
+    """One photo: its answer as is; several: {"answers": [...]}. The audit line records each."""
+    if len(answers) == 1:
+        audit.update(what[0])
+        return answers[0]
+    audit["answers"] = what
+    return {"answers": answers}
+
+
+@router.post("/locate", response_model=LocateResponse | LocateAnswers, dependencies=[Batch],
              summary="Where was this photo taken?",
              description="The estimated location, its evidence (the most similar located photos) and, "
                          "with a model bundle, the likely cells and a confidence. With a bundle the search "
@@ -54,22 +80,26 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     requested = audit["collections"] = parse_collections(collections)
     audit.update(k=k, top_cells=top_cells, prior=prior)
     scope = audit["collections"] = key.scope(requested)
-    image = read_photo(photo, svc.settings)
+    images = [read_photo(upload, svc.settings) for upload in photo]
     embedder, gallery = svc.serving()
     locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
                       min_confidence=min_confidence, within_km=float(within_km), prior=prior)
     locator.check_ready()
-    answer = locator.locate([image])[0].to_dict()
-    audit["answer"] = {"lat": answer["lat"], "lon": answer["lon"], "method": answer["method"],
-                       "cell": (answer["cell"] or {}).get("token"), "confidence": answer["confidence"]}
+    answers = [_located(a.to_dict(), scope, embedder.model_id) for a in locator.locate(images)]
+    what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
+                        "cell": (a["cell"] or {}).get("token"), "confidence": a["confidence"]}} for a in answers]
+    return _answered(audit, answers, what)
+
+
+def _located(answer: dict, scope: list[str] | None, model: str) -> dict:
     for n in answer["neighbours"]:
         n["photo_url"] = photo_url(n["collection"], n["id"])
     for cell in filter(None, [answer["cell"], *answer["candidates"]]):
         cell["corners"] = corners(cell["token"])
-    return {**answer, "collections": scope, "model": embedder.model_id}
+    return {**answer, "collections": scope, "model": model}
 
 
-@router.post("/similar", response_model=SimilarResponse,
+@router.post("/similar", response_model=SimilarResponse | SimilarAnswers, dependencies=[Batch],
              summary="The most similar located photos",
              description="Plain retrieval, optionally only within `radius_km` of (`lat`, `lon`).")
 def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
@@ -84,18 +114,21 @@ def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 
     centre = (lat, lon, radius_km) if all(given) else None
     audit.update(k=k, centre=centre)
     scope = audit["collections"] = key.scope(requested)
-    image = read_photo(photo, svc.settings)
+    images = [read_photo(upload, svc.settings) for upload in photo]
     embedder, gallery = svc.serving()
     gallery.check_model(embedder.model_id)
-    vector = embedder.vectors(embedder.features([image]))[0]
-    hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
-    audit["results"] = len(hits)
-    if hits:
-        audit["answer"] = {"lat": hits[0].lat, "lon": hits[0].lon}
-    km = (haversine_km(np.array([h.lat for h in hits]), np.array([h.lon for h in hits]), lat, lon)
+    answers, what = [], []
+    for vector in embedder.vectors(embedder.features(images)):
+        hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
+        answers.append({"neighbours": _neighbours(hits, centre), "collections": scope, "model": embedder.model_id})
+        what.append({"results": len(hits), **({"answer": {"lat": hits[0].lat, "lon": hits[0].lon}} if hits else {})})
+    return _answered(audit, answers, what)
+
+
+def _neighbours(hits: list, centre: tuple | None) -> list[dict]:
+    km = (haversine_km(np.array([h.lat for h in hits]), np.array([h.lon for h in hits]), centre[0], centre[1])
           if centre and hits else [None] * len(hits))
-    neighbours = [{"id": h.id, "lat": h.lat, "lon": h.lon, "similarity": h.score,
-                   "km": None if d is None else float(d), "collection": h.payload.get("collection", ""),
-                   "source": h.payload.get("source", ""),
-                   "photo_url": photo_url(h.payload.get("collection", ""), h.id)} for h, d in zip(hits, km)]
-    return {"neighbours": neighbours, "collections": scope, "model": svc.embedder.model_id}
+    return [{"id": h.id, "lat": h.lat, "lon": h.lon, "similarity": h.score,
+             "km": None if d is None else float(d), "collection": h.payload.get("collection", ""),
+             "source": h.payload.get("source", ""),
+             "photo_url": photo_url(h.payload.get("collection", ""), h.id)} for h, d in zip(hits, km)]
