@@ -18,27 +18,15 @@ PAPER_FINE_CELLS = 32768  # the paper's fine partition, for 4.5M photos
 PHOTOS_PER_FINE_CELL = 25
 
 
-def build_hierarchy(
-    lat,
-    lon,
-    *,
-    n_fine: int | None = None,
-    min_per_cell: int | None = None,
-    min_level: int = 0,
-    max_level: int = 13,
-) -> Hierarchy:
-    """Coarse/middle/fine partitions sized to the data.
-
-    Defaults: about 25 photos per fine cell (capped at the paper's 32,768 cells, ~140 photos per cell
-    at its 4.5M photos), middle and coarse 3x and 9x coarser (close to the HC paper's ratios), and
-    cells under an eighth of the mean size dropped (3 photos for a few thousand photos)."""
+def build_hierarchy(lat, lon) -> Hierarchy:
+    """Coarse/middle/fine partitions sized to the data: about 25 photos per fine cell (capped at the
+    paper's 32,768 cells, ~140 photos per cell at its 4.5M photos), middle and coarse 3x and 9x coarser
+    (close to the HC paper's ratios), and cells under an eighth of the mean size dropped (3 photos for a
+    few thousand photos)."""
     n = len(np.asarray(lat))
-    if n_fine is None:
-        n_fine = int(np.clip(n // PHOTOS_PER_FINE_CELL, 1, PAPER_FINE_CELLS))
-    if min_per_cell is None:
-        min_per_cell = max(2, round(n / n_fine / 8))
+    n_fine = int(np.clip(n // PHOTOS_PER_FINE_CELL, 1, PAPER_FINE_CELLS))
     targets = (max(1, n_fine // 9), max(1, n_fine // 3), n_fine)
-    return adaptive_hierarchy(lat, lon, targets, min_per_cell=min_per_cell, min_level=min_level, max_level=max_level)
+    return adaptive_hierarchy(lat, lon, targets, min_per_cell=max(2, round(n / n_fine / 8)))
 
 
 def train_bundle(

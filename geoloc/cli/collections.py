@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from geoloc.cli.common import (UserError, add_json_option, add_model_options, confirm, print_counts, print_json,
-                               result, runtime_from)
+from geoloc.cli.common import (UserError, add_command, add_model_options, confirm, print_counts, print_json, result,
+                               runtime_from)
 from geoloc.cli.dry_run import RecordingGallery
 from geoloc.job_store import FileJobStore
 
@@ -134,24 +134,18 @@ def follow_job(store, job_id: str, desc: str) -> dict:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("index", help="index a folder of geotagged photos or a CSV manifest")
+    p = add_command(sub, "index", cmd_index, help="index a folder of geotagged photos or a CSV manifest")
     p.add_argument("source", help="folder (recursive, EXIF GPS) or CSV manifest filename,lat,lon[,...]")
     p.add_argument("--collection", required=True, help="reference collection to add the photos to")
-    add_json_option(p)
     add_model_options(p)
-    p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("collections", help="list reference collections and their photo counts")
-    add_json_option(p)
-    p.set_defaults(func=cmd_collections)
+    p = add_command(sub, "collections", cmd_collections, help="list reference collections and their photo counts")
 
-    p = sub.add_parser("drop", help="delete a reference collection (asks first, showing how many photos)")
+    p = add_command(sub, "drop", cmd_drop, help="delete a reference collection (asks first, showing how many photos)")
     p.add_argument("name")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (needed when stdin is not a terminal)")
-    add_json_option(p)
-    p.set_defaults(func=cmd_drop)
 
-    p = sub.add_parser("prune", help="remove photos from a collection: unplaceable ones, or a region")
+    p = add_command(sub, "prune", cmd_prune, help="remove photos from a collection: unplaceable ones, or a region")
     p.add_argument("--collection", required=True)
     p.add_argument("--unplaceable", action="store_true",
                    help="photos the bundle's classifier puts outside their own cell (paper 3.3.3)")
@@ -159,6 +153,4 @@ def register(sub) -> None:
     p.add_argument("--radius", nargs=3, type=float, metavar=("LAT", "LON", "KM"))
     p.add_argument("--dry-run", action="store_true",
                    help="show how many photos would go, and a few of them; remove nothing")
-    add_json_option(p)
     add_model_options(p)
-    p.set_defaults(func=cmd_prune)

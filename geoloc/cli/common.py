@@ -86,6 +86,20 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
 
 
+def add_group(sub, name: str, help: str):
+    """A command of subcommands (`geoloc keys create`): the subparsers to add them to."""
+    return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
+
+
+def add_command(sub, name: str, handler, json: bool = True, **parser_options) -> argparse.ArgumentParser:
+    """A subcommand that runs `handler`, with --json unless it prints no result to parse."""
+    parser = sub.add_parser(name, **parser_options)
+    if json:
+        add_json_option(parser)
+    parser.set_defaults(func=handler)
+    return parser
+
+
 def print_json(document) -> None:
     print(json.dumps(document, indent=2))
 

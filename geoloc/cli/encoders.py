@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from geoloc.cli.common import add_encoder_options, add_json_option, print_json, result, settings_from
+from geoloc.cli.common import add_command, add_encoder_options, add_group, print_json, result, settings_from
 
 
 def cmd_encoders(args) -> int:
@@ -35,14 +35,11 @@ def cmd_fetch(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("encoders", help="image encoders: dimension, whether their weights are here, how to get them")
-    add_json_option(p)
+    p = add_command(sub, "encoders", cmd_encoders,
+                    help="image encoders: dimension, whether their weights are here, how to get them")
     add_encoder_options(p)
-    p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("weights", help="get an encoder's weights")
-    verbs = p.add_subparsers(dest="verb", required=True)
-    fetch = verbs.add_parser("fetch", help="download an encoder's weights into the Hugging Face cache (needs the hub)")
+    verbs = add_group(sub, "weights", help="get an encoder's weights")
+    fetch = add_command(verbs, "fetch", cmd_fetch,
+                        help="download an encoder's weights into the Hugging Face cache (needs the hub)")
     fetch.add_argument("name", help="a name from `geoloc encoders`, or hf-hub:ORG/REPO (an open_clip repository)")
-    add_json_option(fetch)
-    fetch.set_defaults(func=cmd_fetch)

@@ -7,7 +7,7 @@ import re
 import sys
 from datetime import date, datetime, time, timedelta, timezone
 
-from geoloc.cli.common import add_json_option, add_list_option, print_json, result
+from geoloc.cli.common import add_command, add_group, add_list_option, print_json, result
 from geoloc.settings import Settings
 
 UNITS = {"h": "hours", "d": "days", "w": "weeks"}
@@ -84,7 +84,7 @@ def cmd_keys_revoke(args) -> int:
 
 
 def _add_create(keys) -> None:
-    k = keys.add_parser("create", help="create a key and print its token (shown once)")
+    k = add_command(keys, "create", cmd_keys_create, help="create a key and print its token (shown once)")
     role = k.add_mutually_exclusive_group(required=True)
     role.add_argument("--admin", action="store_true", help="manages collections (every one, or --collections)")
     role.add_argument("--reader", action="store_true", help="locates and searches granted collections")
@@ -99,18 +99,12 @@ def _add_create(keys) -> None:
                    help="this key's request quota (default GEOLOC_KEY_REQUESTS_PER_MINUTE)")
     k.add_argument("--photos-per-hour", type=int, metavar="N",
                    help="this key's photo quota (default GEOLOC_KEY_PHOTOS_PER_HOUR)")
-    add_json_option(k)
-    k.set_defaults(func=cmd_keys_create)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("keys", help="manage API keys (stored hashed under the data home)")
-    keys = p.add_subparsers(dest="keys_command", required=True)
+    keys = add_group(sub, "keys", help="manage API keys (stored hashed under the data home)")
     _add_create(keys)
-    k = keys.add_parser("list", help="list keys with their scope, expiry, state and quotas (never their tokens)")
-    add_json_option(k)
-    k.set_defaults(func=cmd_keys_list)
-    k = keys.add_parser("revoke", help="revoke a key at once")
+    k = add_command(keys, "list", cmd_keys_list,
+                    help="list keys with their scope, expiry, state and quotas (never their tokens)")
+    k = add_command(keys, "revoke", cmd_keys_revoke, help="revoke a key at once")
     k.add_argument("id")
-    add_json_option(k)
-    k.set_defaults(func=cmd_keys_revoke)

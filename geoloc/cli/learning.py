@@ -8,8 +8,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from geoloc.aggregation import AGGREGATORS
-from geoloc.cli.common import add_json_option, add_list_option, add_model_options, head_name, print_counts, \
-    print_json, settings_from
+from geoloc.cli.common import (add_command, add_list_option, add_model_options, head_name, print_counts, print_json,
+                               settings_from)
 
 
 def cmd_split(args) -> int:
@@ -112,38 +112,34 @@ def cmd_calibrate(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("split", help="split a CSV manifest into gallery and query manifests by a column")
+    p = add_command(sub, "split", cmd_split, help="split a CSV manifest into gallery and query manifests by a column")
     p.add_argument("manifest")
     p.add_argument("--out", required=True, help="folder for gallery.csv and queries.csv")
     p.add_argument("--by", default="photographer", help="column whose values never straddle the split")
     p.add_argument("--query-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    add_json_option(p)
-    p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("features", help="cache backbone features of a labelled source (resumable)")
+    p = add_command(sub, "features", cmd_features, help="cache backbone features of a labelled source (resumable)")
     p.add_argument("source", help="folder or CSV manifest (a 'photographer' column is kept for splits)")
     p.add_argument("--out", required=True, help="output .npz file")
-    add_json_option(p)
     add_model_options(p)
-    p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("train", help="train the cell classifiers and the RRM on a feature cache -> a bundle")
+    p = add_command(sub, "train", cmd_train,
+                    help="train the cell classifiers and the RRM on a feature cache -> a bundle")
     p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
     p.add_argument("--out", required=True, help="bundle directory to create")
     add_list_option(p, "--heads", default=["ce", "hc", "mvmf"], metavar="HEAD",
                     help="heads to train (default ce,hc,mvmf; SwC uses mvmf)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="auto, cpu, cuda ... (default auto)")
-    add_json_option(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("calibrate", help="fit the probabilities answers carry, on labelled photos, "
-                                         "photographer-disjoint; saved beside the gallery or in the bundle",
-                       description="Locates each fold of the labelled photos against a gallery of the others "
-                                   "(no photographer on both sides) and fits how often answers like these lie "
-                                   "within 1, 25, 200, 750 and 2,500 km. With a bundle, calibrate on photos "
-                                   "its classifier was not trained on, or it will look surer than it is.")
+    p = add_command(sub, "calibrate", cmd_calibrate,
+                    help="fit the probabilities answers carry, on labelled photos, photographer-disjoint; saved "
+                         "beside the gallery or in the bundle",
+                    description="Locates each fold of the labelled photos against a gallery of the others (no "
+                                "photographer on both sides) and fits how often answers like these lie within 1, "
+                                "25, 200, 750 and 2,500 km. With a bundle, calibrate on photos its classifier was "
+                                "not trained on, or it will look surer than it is.")
     p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
     p.add_argument("--bundle", help="calibrate Search-within-Cell with this bundle (default: retrieval)")
     p.add_argument("--folds", type=int, default=5)
@@ -156,13 +152,9 @@ def register(sub) -> None:
     p.add_argument("--data", help="what these photos are, in words, recorded with the calibrator")
     p.add_argument("--as-default", action="store_true",
                    help="mark it as geoloc's shipped default (how geoloc/default_calibration.json is made)")
-    add_json_option(p)
-    p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("eval", help="photographer-disjoint k-fold evaluation of every method")
+    p = add_command(sub, "eval", cmd_eval, help="photographer-disjoint k-fold evaluation of every method")
     p.add_argument("features", help="a .npz from `geoloc features` (with a photographer column)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval", help="folder for eval.md, eval.json and eval.png")
-    add_json_option(p)
-    p.set_defaults(func=cmd_eval)

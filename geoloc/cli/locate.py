@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from geoloc.aggregation import AGGREGATORS
 from geoloc.calibration import RADII_KM
-from geoloc.cli.common import UserError, add_list_option, add_model_options, head_name, runtime_from
+from geoloc.cli.common import UserError, add_command, add_list_option, add_model_options, head_name, runtime_from
 from geoloc.cli.formats import FORMATS, WRITERS
 from geoloc.zero_shot import PRIORS
 
@@ -142,7 +142,7 @@ def _print_answer(name: str, answer, error_km: float | None = None) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("locate", help="estimate where photos were taken")
+    p = add_command(sub, "locate", cmd_locate, json=False, help="estimate where photos were taken")
     p.add_argument("images", nargs="+", metavar="PHOTO|FOLDER|CSV",
                    help="photos, folders of photos (recursive), or CSV manifests (their lat/lon are scored)")
     output = p.add_mutually_exclusive_group()
@@ -164,4 +164,3 @@ def register(sub) -> None:
     p.add_argument("--within", type=float, default=25, choices=RADII_KM, metavar="KM",
                    help="the radius the confidence speaks of: 1, 25, 200, 750 or 2500 km (default 25)")
     add_model_options(p)
-    p.set_defaults(func=cmd_locate)

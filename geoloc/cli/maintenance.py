@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geoloc.cli.common import add_json_option, print_json, settings_from
+from geoloc.cli.common import add_command, add_group, print_json, settings_from
 
 
 def _mib(size: int) -> str:
@@ -30,16 +30,13 @@ def cmd_sweep(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("maintenance", help="keep the data home tidy (geoloc maintenance sweep)")
-    tasks = p.add_subparsers(dest="task", required=True)
-    s = tasks.add_parser("sweep", help="remove stored photo originals that no photo and no unfinished job needs",
-                         description="Removes the copies in the spool that no photo of any model's store and no "
-                                     "unfinished job needs, once older than GEOLOC_SPOOL_MAX_AGE seconds, or "
-                                     "sooner, oldest first, while together they weigh more than "
-                                     "GEOLOC_SPOOL_MAX_BYTES. The API also sweeps when it starts. Needs the "
-                                     "gallery: with an embedded one, run it while no server holds it, or share "
-                                     "it (GEOLOC_GALLERY_SHARED).")
+    tasks = add_group(sub, "maintenance", help="keep the data home tidy (geoloc maintenance sweep)")
+    s = add_command(tasks, "sweep", cmd_sweep,
+                    help="remove stored photo originals that no photo and no unfinished job needs",
+                    description="Removes the copies in the spool that no photo of any model's store and no "
+                                "unfinished job needs, once older than GEOLOC_SPOOL_MAX_AGE seconds, or sooner, "
+                                "oldest first, while together they weigh more than GEOLOC_SPOOL_MAX_BYTES. The "
+                                "API also sweeps when it starts. Needs the gallery: with an embedded one, run it "
+                                "while no server holds it, or share it (GEOLOC_GALLERY_SHARED).")
     s.add_argument("--max-age", type=int, help="seconds (default GEOLOC_SPOOL_MAX_AGE, 3600)")
     s.add_argument("--max-bytes", type=int, help="bytes (default GEOLOC_SPOOL_MAX_BYTES, 1 GiB)")
-    add_json_option(s)
-    s.set_defaults(func=cmd_sweep)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from geoloc.cli.collections import follow_job
-from geoloc.cli.common import UserError, add_json_option, add_list_option, print_json, result
+from geoloc.cli.common import UserError, add_command, add_group, add_list_option, print_json, result
 from geoloc.settings import DEFAULT_BACKBONE, Settings
 
 
@@ -100,24 +100,17 @@ def cmd_models_drop(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="the gallery's stores, one per embedding model")
-    models = p.add_subparsers(dest="models_command", required=True)
-    m = models.add_parser("list", help="each model's store, its photos, and which one serves queries")
-    add_json_option(m)
-    m.set_defaults(func=cmd_models_list)
-    m = models.add_parser("reembed", help="embed the serving store's photos with another model, from their "
+    models = add_group(sub, "models", help="the gallery's stores, one per embedding model")
+    m = add_command(models, "list", cmd_models_list,
+                    help="each model's store, its photos, and which one serves queries")
+    m = add_command(models, "reembed", cmd_models_reembed,
+                    help="embed the serving store's photos with another model, from their "
                                           "stored originals; queries switch to it once it holds every photo")
     m.add_argument("--backbone", help=f"the new encoder (default {DEFAULT_BACKBONE}); see `geoloc encoders`")
     m.add_argument("--checkpoint", help="its local weights (file or directory)")
     m.add_argument("--bundle", help="a model bundle (classifier + RRM) to embed with")
     add_list_option(m, "--collections", metavar="NAME", help="only these collections (default: all)")
-    add_json_option(m)
-    m.set_defaults(func=cmd_models_reembed)
-    m = models.add_parser("switch", help="make a model's store serve queries")
+    m = add_command(models, "switch", cmd_models_switch, help="make a model's store serve queries")
     m.add_argument("model")
-    add_json_option(m)
-    m.set_defaults(func=cmd_models_switch)
-    m = models.add_parser("drop", help="delete a model's store (not the one serving)")
+    m = add_command(models, "drop", cmd_models_drop, help="delete a model's store (not the one serving)")
     m.add_argument("model")
-    add_json_option(m)
-    m.set_defaults(func=cmd_models_drop)

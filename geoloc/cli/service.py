@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from geoloc.cli.common import MODEL_OPTIONS, UserError, add_model_options, settings_from
+from geoloc.cli.common import MODEL_OPTIONS, UserError, add_command, add_model_options, settings_from
 
 
 def cmd_serve(args) -> int:
@@ -40,16 +40,15 @@ def cmd_worker(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the HTTP API (and, with no broker, its jobs)")
+    p = add_command(sub, "serve", cmd_serve, json=False, help="run the HTTP API (and, with no broker, its jobs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info")
     add_model_options(p)
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("worker", help="run a Celery worker for the API's jobs (needs GEOLOC_BROKER_URL)")
+    p = add_command(sub, "worker", cmd_worker, json=False,
+                    help="run a Celery worker for the API's jobs (needs GEOLOC_BROKER_URL)")
     p.add_argument("--concurrency", type=int, default=1, help="pool processes, each with its own model "
                                                               "(default 1: one per GPU)")
     p.add_argument("--log-level", default="info")
     add_model_options(p)
-    p.set_defaults(func=cmd_worker)
