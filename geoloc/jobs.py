@@ -233,17 +233,6 @@ def execute(task: Callable[..., None], context: Callable[[], JobContext], store:
         task(context(), **kwargs)
 
 
-def run_task(ctx: JobContext, task: str, kwargs: dict) -> None:
-    """Run a task here and now, once; any error fails its batch."""
-    try:
-        execute(TASKS[task], lambda: ctx, ctx.jobs, kwargs)
-    except RETRYABLE as exc:
-        give_up(ctx.jobs, kwargs, fault_reason(exc), str(exc))
-    except Exception as exc:
-        log.exception("task %s of job %s failed", task, kwargs.get("job_id"))
-        give_up(ctx.jobs, kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
-
-
 # ---------------------------------------------------------------------------------------------- planning
 
 class Runner(Protocol):

@@ -142,18 +142,21 @@ def test_prune_unplaceable_removes_photos_the_classifier_puts_elsewhere(ctx, tmp
 
 def test_prune_region_and_the_planner(ctx, tmp_path):
     jobs.index_batch(ctx, ctx.jobs.create("upload", "news", 5, 1, "k1"), 1, "news", _items(tmp_path, 5))
-    runner = SimpleNamespace(submit=lambda task, kwargs: jobs.run_task(ctx, task, kwargs))
+    runner = jobs.InProcessRunner(lambda: ctx, ctx.jobs)
     planner = jobs.Jobs(ctx.jobs, runner, batch_size=2)
     job_id = planner.prune(ctx.gallery, "news", "k1", box=[9.5, 19.5, 11.5, 21.5])  # photos 0 and 1
+    runner.close()  # finishes the queued batch first
     job = planner.get(job_id)
     assert (job["state"], job["total"], job["removed"]) == ("succeeded", 2, 2)
     assert ctx.gallery.count(SearchFilter(collections=["news"])) == 3
     assert leaf_int64(12, 22) in {h.payload["s2"] for h in ctx.gallery.scroll()}
 
 
-def test_run_task_turns_errors_into_a_failed_batch(ctx):
+def test_the_in_process_runner_turns_errors_into_a_failed_batch(ctx):
+    runner = jobs.InProcessRunner(lambda: ctx, ctx.jobs)
     job_id = ctx.jobs.create("prune", "news", 0, 1, "k1")
-    jobs.run_task(ctx, "geoloc.prune_unplaceable", {"job_id": job_id, "batch": 1, "collection": "news", "ids": []})
+    runner.submit("geoloc.prune_unplaceable", {"job_id": job_id, "batch": 1, "collection": "news", "ids": []})
+    runner.close()
     job = ctx.jobs.get(job_id)
     assert job["state"] == "failed" and "needs a model bundle" in job["error"]
 
