@@ -17,11 +17,18 @@ def check_import_path(path: str | Path, roots: Iterable[Path]) -> Path:
     if not roots:
         raise PermissionError("server-side imports are off: set GEOLOC_IMPORT_ROOTS to the folders "
                               "the API may read from")
-    resolved = Path(path).expanduser().resolve()
-    if not any(resolved.is_relative_to(root) for root in roots):
-        raise PermissionError(f"{path} is not under an import root ({', '.join(map(str, roots))})")
-    if not resolved.exists():
-        raise SourceError(f"{path}: no such file or folder on the server")
+    if "\x00" in str(path):
+        raise SourceError("a path with a NUL byte names no file")
+    try:
+        resolved = Path(path).expanduser().resolve()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            raise PermissionError(f"{path} is not under an import root ({', '.join(map(str, roots))})")
+        if not resolved.exists():
+            raise SourceError(f"{path}: no such file or folder on the server")
+    except (OSError, ValueError) as exc:  # a name too long for the file system, and the like
+        if isinstance(exc, PermissionError):
+            raise
+        raise SourceError(f"cannot use this path ({exc.strerror if isinstance(exc, OSError) else exc})") from None
     return resolved
 
 

@@ -155,7 +155,7 @@ class CollectionList(BaseModel):
 class NewCollection(BaseModel):
     model_config = _example({"name": "news", "description": "Newsroom archive 2010-2024"})
     name: str = Field(pattern=COLLECTION_PATTERN, description="1-64 letters, digits, '_', '.' or '-'")
-    description: str = Field("", max_length=500)
+    description: Annotated[str, AfterValidator(_no_nul)] = Field("", max_length=500)
 
 
 class Deleted(BaseModel):
@@ -163,20 +163,30 @@ class Deleted(BaseModel):
     deleted: int = Field(description="Photos removed from the gallery")
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL byte")
+    return text
+
+
+# a path on the server, as a request names it: bounded, and never with a NUL byte (no file has one)
+ServerPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
+
+
 class ImportRequest(BaseModel):
     model_config = _example({"path": "/imports/archive/manifest.csv"})
-    path: str = Field(description="A folder (photos with EXIF GPS) or a CSV manifest filename,lat,lon[,...] "
+    path: ServerPath = Field(description="A folder (photos with EXIF GPS) or a CSV manifest filename,lat,lon[,...] "
                                   "under one of the server's import roots (GEOLOC_IMPORT_ROOTS)")
 
 
 class EncoderChoice(BaseModel):
     model_config = _example({"backbone": "clip", "checkpoint": "/imports/models/clip-vit-b-32"})
-    backbone: str = Field("tf_efficientnet_lite0", max_length=200,
-                          description="An encoder name from `geoloc encoders` (or a timm model with a checkpoint)")
-    checkpoint: str | None = Field(None, max_length=4096,
-                                   description="Its weights on the server, under one of the import roots")
-    bundle: str | None = Field(None, max_length=4096,
-                               description="A model bundle directory on the server, under one of the import roots")
+    backbone: Annotated[str, AfterValidator(_no_nul)] = Field(
+        "tf_efficientnet_lite0", max_length=200,
+        description="An encoder name from `geoloc encoders` (or a timm model with a checkpoint)")
+    checkpoint: ServerPath | None = Field(None, description="Its weights on the server, under one of the import roots")
+    bundle: ServerPath | None = Field(None, description="A model bundle directory on the server, under one of the "
+                                                        "import roots")
 
 
 class ReembedRequest(BaseModel):

@@ -184,3 +184,15 @@ def test_request_body_limit(api):
     streamed = client.post("/v1/collections/news/images", content=chunks(), headers={
         **admin, "content-type": "multipart/form-data; boundary=xyz"})
     expect_error(streamed, 413)
+
+
+def test_nul_bytes_and_over_long_paths_are_a_422_never_a_500(api):
+    client, admin = api["client"], api["admin"]
+    root = str(api["imports"])
+    for body in ({"path": root + "/x\u0000y.csv"}, {"path": "a" * 5000}, {"path": root + "/" + "b" * 4000},
+                 {"path": root + "/" + ("c" * 250 + "/") * 14}):
+        expect_error(client.post("/v1/collections/news/imports", json=body, headers=admin), 422)
+    expect_error(client.post("/v1/collections/news/reembed", headers=admin,
+                             json={"encoder": {"backbone": "clip", "checkpoint": root + "/m\u0000"}}), 422)
+    expect_error(client.post("/v1/collections", json={"name": "nul", "description": "a\u0000b"}, headers=admin), 422)
+    assert "nul" not in {c["name"] for c in client.get("/v1/collections", headers=admin).json()["collections"]}
