@@ -3,12 +3,14 @@
     .venv/bin/python bench/locate.py [--repeats 50] [--gallery 1000] [--cli-repeats 5] [--manifest CSV]
 
 Baseline: Backbone.features on one decoded photo in memory (batch of one, warm), timed in turn with the
-in-process and the HTTP repetitions. In-process: the API's path from the photo's bytes (open_image + to_rgb,
-Runtime.serving(), Locator(...), check_ready(), locate([image]), to_dict()), its parts timed by a Locator
-subclass and thin wrappers that call the product's own methods. HTTP: POST /v1/locate to a real `geoloc serve`
-on loopback, one client. CLI: `geoloc locate ONE.jpg` against `python -c 'import torch, timm'`, alternated.
+in-process and the HTTP repetitions (and back to back, its best case, for reference).
+In-process: the API's path from the photo's bytes (open_image + to_rgb, Runtime.serving(), Locator(...),
+check_ready(), locate([image]), to_dict()), its parts timed by a Locator subclass and thin wrappers that call
+the product's own methods. HTTP: POST /v1/locate to a real `geoloc serve` on loopback, one client.
+CLI: `geoloc locate ONE.jpg` against `python -c 'import torch, timm'`, alternated.
 Gallery: the manifest's first --gallery photos in a fresh GEOLOC_HOME; the query photo is a later one by a
-photographer the gallery lacks. 2 torch threads here, OMP_NUM_THREADS=2 in subprocesses. -> bench/results/locate.json
+photographer the gallery lacks. 2 torch threads here, OMP_NUM_THREADS=2 in subprocesses.
+Results: bench/results/locate.json; each phase's `other_cores` says how much the shared machine disturbed it.
 """
 
 from __future__ import annotations
@@ -164,7 +166,10 @@ def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Emb
     _, baseline = alternate(lambda: locate_once(runtime, data, clock), lambda: embedder.features([image]), repeats)
     clock.laps = {name: laps[WARMUP:] for name, laps in clock.laps.items()}
     runtime.close()  # the embedded gallery admits one process at a time: the server opens it next
-    return clock, baseline, {"cold_first_locate_s": round(cold, 3), "answer": first}, embedder
+    # the backbone back to back, nothing between calls: its best case, for reference (ratios use the alternated one)
+    back_to_back = [seconds(lambda: embedder.features([image])) for _ in range(repeats)]
+    return clock, baseline, {"cold_first_locate_s": round(cold, 3), "answer": first,
+                             "back_to_back": stats(back_to_back)}, embedder
 
 
 def up(client: httpx.Client) -> bool:
@@ -218,9 +223,15 @@ def command_line(env: dict, query: Path, repeats: int) -> dict:
     commands = {"geoloc_locate": [str(ROOT / ".venv/bin/geoloc"), "locate", str(query)],
                 "import_torch_timm": [str(ROOT / ".venv/bin/python"), "-c", "import torch, timm"]}
     times = defaultdict(list)
+
+    def call(command: list[str]) -> None:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+
     for _ in range(repeats):
         for name, command in commands.items():
-            times[name].append(seconds(lambda: subprocess.run(command, env=env, check=True, capture_output=True)))
+            times[name].append(seconds(lambda: call(command)))
     return {name: round(float(np.median(t)), 3) for name, t in times.items()} | {
         "all_s": {name: [round(s, 3) for s in t] for name, t in times.items()}}
 
@@ -270,6 +281,7 @@ def run(args, work: Path) -> dict:
                                                     "size": list(to_rgb(open_image(data)).size)},
         "phases": watch.phases, "baseline_backbone": baseline,
         "baseline_by_phase": {"in_process": stats(base_in), "http": stats(http["baseline"])},
+        "backbone_back_to_back": cold["back_to_back"],
         "in_process_locate": total,
         "in_process_pieces": {name: stats(clock.laps[name]) for name in PIECES}, "http_locate": over,
         "cold": {"first_locate_in_process_s": cold["cold_first_locate_s"], "server_up_s": http["server_up_s"],
@@ -302,6 +314,7 @@ def print_table(result: dict) -> None:
     row("backbone alone (decoded photo, batch 1) = baseline", base)
     for name, s in result["baseline_by_phase"].items():
         row(f"  baseline during the {name} phase", s)
+    row("  backbone back to back (best case, not a baseline)", result["backbone_back_to_back"])
     row("locate in-process, bytes to answer", result["in_process_locate"])
     for name, s in result["in_process_pieces"].items():
         row(f"  {name}", s)
