@@ -108,6 +108,22 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(params=["file", "redis"])
+def store(request, tmp_path):
+    """Each job store in turn: files under a fresh folder, and Redis (with no jobs left open by other tests)."""
+    from geoloc import job_store
+
+    if request.param == "file":
+        yield job_store.FileJobStore(tmp_path / "jobs")
+        return
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+    client.delete(job_store.RedisJobStore.OPEN)
+    yield job_store.RedisJobStore(client)
+    client.close()
+
+
 def service_env(home: Path, redis_url: str, **overrides) -> dict:
     """The environment of the API and workers: one data home, one broker, one CPU thread each."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOLOC_")}

@@ -68,18 +68,6 @@ def test_a_key_lists_only_its_own_jobs_newest_first(api, photos):
         client.delete("/v1/collections/listing", headers=api["admin"])
 
 
-@pytest.fixture(params=["file", "redis"])
-def store(request, tmp_path):
-    if request.param == "file":
-        yield job_store.FileJobStore(tmp_path / "jobs")
-        return
-    import redis
-
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
-    yield job_store.RedisJobStore(client)
-    client.close()
-
-
 def test_each_job_store_pages_an_owner_s_jobs_newest_first(store):
     owner, other = f"k-{uuid.uuid4().hex[:8]}", f"k-{uuid.uuid4().hex[:8]}"
     ids = [store.create("upload", "news", total=1, batches=1, owner=owner) for _ in range(5)]

@@ -229,19 +229,6 @@ def test_the_sweep_removes_what_nothing_needs_by_age_and_size(tmp_path, rows, em
     assert originals.find(needed) is None  # its job was failed at the restart: nothing needs it now
 
 
-@pytest.fixture(params=["file", "redis"])
-def store(request, tmp_path):
-    if request.param == "file":
-        yield job_store.FileJobStore(tmp_path / "jobs")
-        return
-    import redis
-
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
-    client.delete(job_store.RedisJobStore.OPEN)
-    yield job_store.RedisJobStore(client)
-    client.close()
-
-
 def test_job_stores_cancel_and_know_what_unfinished_jobs_need(store):
     doomed = store.create("upload", "doomed", 2, 2, "k1", originals=["a" * 64, "b" * 64])
     other = store.create("upload", "other", 1, 1, "k1", originals=["b" * 64, "c" * 64])

@@ -26,18 +26,6 @@ from tests.bundles import cell_probabilities, constructed_bundle
 from tests.photos import photo_bytes
 
 
-@pytest.fixture(params=["file", "redis"])
-def store(request, tmp_path):
-    if request.param == "file":
-        yield job_store.FileJobStore(tmp_path / "jobs")
-        return
-    import redis
-
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
-    yield job_store.RedisJobStore(client)
-    client.close()
-
-
 def test_progress_counts_each_batch_once(store):
     pre = job_store.Outcome()
     pre.skip("dup.jpg", "duplicate_photo")
