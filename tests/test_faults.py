@@ -215,7 +215,7 @@ def test_readiness_does_not_wait_on_a_lock_another_process_holds(home, embedder)
     """The readiness check gives up at its bound (READY_WITHIN_S) and says why, while a request that needs the
     gallery waits the lock timeout, then answers 503. The generous limits below only catch a hang: timing
     itself is the benchmarks' business, and a loaded machine adds its own delay."""
-    settings = settings_for(home, shared=True, gallery_lock_timeout=3)
+    settings = settings_for(home, shared=True, gallery_lock_timeout=6)
     with serving(settings, embedder) as (client, admin, _):
         with held_by_another_process(settings.gallery_dir, shared=True):
             for _ in range(3):  # the first waits on its check, the next on the same one
