@@ -27,12 +27,18 @@ MAX_PHOTO_BYTES = 128 << 10
 MAX_BATCH = 8
 
 
-@pytest.fixture(scope="package")
-def photos():
-    rows = manifest_rows(16)
+def rows_with_bytes(n: int) -> list[dict]:
+    """The first n dev-photo manifest rows, each with its bytes and their SHA-256."""
+    rows = manifest_rows(n)
     for row in rows:
         row["bytes"] = (DATA / "images" / row["filename"]).read_bytes()
         row["sha256"] = sha256_hex(row["bytes"])
+    return rows
+
+
+@pytest.fixture(scope="package")
+def photos():
+    rows = rows_with_bytes(16)
     return {"news": rows[:6], "secret": rows[6:12], "spare": rows[12:]}
 
 
@@ -92,14 +98,17 @@ def upload(state, collection, rows, headers=None):
                                 headers=headers or state["admin"])
 
 
-def follow(state, job_id, timeout_s=60):
+def wait_for_job(client, headers, job_id, timeout_s=60):
+    """The job's record once it has ended (succeeded, failed or cancelled)."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        job = state["client"].get(f"/v1/jobs/{job_id}", headers=state["admin"]).json()
-        if job["state"] in ("succeeded", "failed"):
-            return job
+    while (job := client.get(f"/v1/jobs/{job_id}", headers=headers).json())["state"] in ("queued", "running"):
         assert time.monotonic() < deadline, f"job {job_id} did not finish: {job}"
         time.sleep(0.05)
+    return job
+
+
+def follow(state, job_id, timeout_s=60):
+    return wait_for_job(state["client"], state["admin"], job_id, timeout_s)
 
 
 def where(collection):

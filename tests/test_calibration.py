@@ -25,13 +25,10 @@ from geoloc.calibration import (
 from geoloc.crossval import CachedBackbone, out_of_fold
 from geoloc.embedding import Embedder
 from geoloc.evaluation import expected_calibration_error, selective_accuracy
-from geoloc.features import FeatureSet
 from geoloc.gallery.base import GalleryPoint, make_payload
 from geoloc.gallery.edge import EdgeGallery
 from geoloc.locate import LocateError, Locator
-
-CITIES = [(48.86, 2.35), (40.71, -74.0), (35.68, 139.69), (-33.87, 151.21), (-22.91, -43.17), (30.04, 31.24)]
-
+from tests.synthetic import place_coded_features
 
 def known(n: int = 6000, seed: int = 0):
     """Signals whose first two columns set how far off an answer is: log10(error) = mu(x) + logistic
@@ -124,15 +121,7 @@ def test_a_calibrator_is_found_for_its_model_only(tmp_path):
 @pytest.fixture(scope="module")
 def features():
     """Photos of six cities by six photographers each, whose features encode the city."""
-    rng = np.random.default_rng(0)
-    prototypes = rng.normal(size=(len(CITIES), 16))
-    rows = [(prototypes[c] + 0.8 * rng.normal(size=16), lat + rng.normal(0, 0.05), lon + rng.normal(0, 0.05),
-             f"owner-{c}-{i % 6}") for c, (lat, lon) in enumerate(CITIES) for i in range(40)]
-    feats, lat, lon, owners = zip(*rows)
-    n = len(rows)
-    return FeatureSet(np.array(feats, dtype=np.float32), np.array(lat), np.array(lon),
-                      np.array([f"p{i}.jpg" for i in range(n)]), np.array([f"{i:064x}" for i in range(n)]),
-                      np.array(owners), "synthetic:calibration")
+    return place_coded_features(per_city=40, dim=16, noise=0.8, jitter_deg=0.05, model_id="synthetic:calibration")
 
 
 def test_out_of_fold_answers_and_a_fitted_calibrator_beside_the_gallery(features, tmp_path):

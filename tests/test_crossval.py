@@ -5,28 +5,13 @@ import pytest
 import torch
 
 from geoloc.crossval import cross_validate, write_report
-from geoloc.features import FeatureSet
+from tests.synthetic import place_coded_features
 
 torch.set_num_threads(1)
 
-CITIES = [(48.86, 2.35), (40.71, -74.0), (35.68, 139.69), (-33.87, 151.21), (-22.91, -43.17), (30.04, 31.24)]
-
-
 @pytest.fixture(scope="module")
 def features():
-    rng = np.random.default_rng(0)
-    per_city, owners_per_city, dim = 60, 6, 32
-    prototypes = rng.normal(size=(len(CITIES), dim))
-    rows = []
-    for c, (lat, lon) in enumerate(CITIES):
-        for i in range(per_city):
-            rows.append((prototypes[c] + 0.6 * rng.normal(size=dim), lat + rng.normal(0, 0.02),
-                         lon + rng.normal(0, 0.02), f"owner-{c}-{i % owners_per_city}"))
-    feats, lat, lon, owners = zip(*rows)
-    n = len(rows)
-    return FeatureSet(np.array(feats, dtype=np.float32), np.array(lat), np.array(lon),
-                      np.array([f"p{i}.jpg" for i in range(n)]), np.array([f"{i:064x}" for i in range(n)]),
-                      np.array(owners), "synthetic:test")
+    return place_coded_features(per_city=60, dim=32, noise=0.6, jitter_deg=0.02, model_id="synthetic:test")
 
 
 def test_every_method_is_evaluated_by_photographer_and_reported(features, tmp_path):

@@ -26,20 +26,15 @@ from geoloc.jobs import InProcessRunner, JobContext, index_batch
 from geoloc.search_api.app import create_app
 from geoloc.search_api.services import build_services
 from geoloc.settings import Settings
-from tests.api_helpers import MAX_PHOTO_BYTES, files_of
+from tests.api_helpers import MAX_PHOTO_BYTES, files_of, rows_with_bytes, wait_for_job
 from tests.photos import photo_bytes
-from tests.services import DATA, manifest_rows
 
 HOUR = 3600
 
 
 @pytest.fixture(scope="module")
 def rows():
-    rows = manifest_rows(6)
-    for row in rows:
-        row["bytes"] = (DATA / "images" / row["filename"]).read_bytes()
-        row["sha256"] = sha256_hex(row["bytes"])
-    return rows
+    return rows_with_bytes(6)
 
 
 class GatedRunner(InProcessRunner):
@@ -78,14 +73,6 @@ def upload(client, admin, collection, rows, **data):
     return response.json()["job"]["id"]
 
 
-def ended(client, admin, job_id, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while (job := client.get(f"/v1/jobs/{job_id}", headers=admin).json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
-
-
 def stored(services) -> set[str]:
     return {f.path.name for f in services.originals.files()}
 
@@ -96,7 +83,7 @@ def test_deleting_a_collection_cancels_its_jobs_and_removes_it_everywhere(tmp_pa
         for name in ("kept", "doomed", "other"):
             assert client.post("/v1/collections", json={"name": name}, headers=admin).status_code == 201
         for name, photos in (("kept", kept_photos), ("doomed", doomed_photos)):
-            assert ended(client, admin, upload(client, admin, name, photos))["done"] == len(photos)
+            assert wait_for_job(client, admin, upload(client, admin, name, photos))["done"] == len(photos)
         thumbnail = services.originals.find(rows[3]["sha256"]).with_name(rows[3]["sha256"] + ".thumb.jpg")
         thumbnail.write_bytes(b"a thumbnail made from the original")
         # another model's store holds 'doomed' too, and is the only one to hold rows[5] for 'kept'
@@ -119,10 +106,10 @@ def test_deleting_a_collection_cancels_its_jobs_and_removes_it_everywhere(tmp_pa
         assert stored(services) == {rows[i]["sha256"] for i in (0, 1, 2, 5)}  # 3 (and its thumbnail), 4 went
 
         runner.gate.set()  # the queued batch starts after the delete: it does nothing
-        job = ended(client, admin, queued)
+        job = wait_for_job(client, admin, queued)
         assert (job["state"], job["batches_done"], job["skipped"], job["reasons"]) == ("cancelled", 1, 1,
                                                                                          {"cancelled": 1})
-        assert ended(client, admin, needing)["state"] == "succeeded"
+        assert wait_for_job(client, admin, needing)["state"] == "succeeded"
         assert services.gallery().count(SearchFilter(collections=["doomed"])) == 0
         names = [c["name"] for c in client.get("/v1/collections", headers=admin).json()["collections"]]
         assert names == ["kept", "other"]
@@ -174,11 +161,11 @@ def test_refused_uploads_are_never_kept(tmp_path, rows, embedder):
                  ("plain.jpg", plain, "12", "34")]
         response = client.post("/v1/collections/a/images", files=[("photos", (n, b, "image/jpeg")) for n, b, _, _ in batch],
                                data={"lat": [r[2] for r in batch], "lon": [r[3] for r in batch]}, headers=admin)
-        job = ended(client, admin, response.json()["job"]["id"])
+        job = wait_for_job(client, admin, response.json()["job"]["id"])
         assert (job["done"], job["skipped"]) == (2, 4)
         assert stored(services) == {rows[0]["sha256"], sha256_hex(plain)}
         # refused in 'b' (no coordinates, no EXIF GPS), but 'a' holds the same photo: its copy stays
-        job = ended(client, admin, upload(client, admin, "b", [{"filename": "plain.jpg", "bytes": plain}],
+        job = wait_for_job(client, admin, upload(client, admin, "b", [{"filename": "plain.jpg", "bytes": plain}],
                                           lat=[""], lon=[""]))
         assert job["reasons"] == {"no_gps": 1} and stored(services) == {rows[0]["sha256"], sha256_hex(plain)}
 
@@ -192,7 +179,7 @@ def test_the_sweep_removes_what_nothing_needs_by_age_and_size(tmp_path, rows, em
     home = tmp_path / "home"
     with serving(home, embedder) as (client, admin, services, _):
         assert client.post("/v1/collections", json={"name": "news"}, headers=admin).status_code == 201
-        ended(client, admin, upload(client, admin, "news", rows[:1]))
+        wait_for_job(client, admin, upload(client, admin, "news", rows[:1]))
     originals, jobs = OriginalStore(home / "spool"), job_store.FileJobStore(home / "jobs")
     indexed = originals.find(rows[0]["sha256"])
     old, _ = originals.put(b"unneeded for two hours")

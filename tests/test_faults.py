@@ -24,7 +24,7 @@ from geoloc.runtime import Runtime
 from geoloc.search_api.app import create_app
 from geoloc.search_api.services import build_services
 from geoloc.settings import Settings
-from tests.api_helpers import files_of, photo_file
+from tests.api_helpers import files_of, photo_file, wait_for_job
 from tests.services import DATA, manifest_rows
 
 FAULTS = ("missing", "file", "unreadable", "locked")
@@ -63,14 +63,6 @@ def serving(settings: Settings, embedder):
             yield client, {"Authorization": f"Bearer {token}"}, services
     finally:
         services.close()
-
-
-def wait_for_job(client, headers, job_id, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while (job := client.get(f"/v1/jobs/{job_id}", headers=headers).json())["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
 
 
 @pytest.fixture(scope="module")
