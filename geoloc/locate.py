@@ -11,6 +11,7 @@ Every answer carries calibrated probabilities of lying within 1, 25, 200, 750 an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -69,11 +70,12 @@ class Locator:
                  collections: list[str] | None = None, top_cells: int = 1, head: str | None = None,
                  within_cell: bool = True, calibrator: Calibrator | None = None,
                  min_confidence: float | None = None, within_km: float = 25, prior: str | None = None,
-                 **aggregator_options):
+                 home: Path | None = None, **aggregator_options):
         """`head` picks the bundle's classifier (default: the bundle's own); `within_cell=False` searches
         the whole gallery with the bundle's RRM embedding (retrieval without the classifier).
-        `calibrator` None: the one fitted for this model (the bundle's, else $GEOLOC_HOME/calibration/),
-        else the default. An answer's confidence is its probability of lying within `within_km`; under
+        `calibrator` None: the one fitted for this model (the bundle's, else `home`/calibration/, home being
+        $GEOLOC_HOME unless the caller's settings already name it), else the default. An answer's confidence
+        is its probability of lying within `within_km`; under
         `min_confidence` it is marked abstained. `prior="zero-shot"`: Search-within-Cell over cells of the gallery's
         own photos, their probabilities from the encoder's text tower, in place of a bundle's classifier."""
         if aggregator not in AGGREGATORS:
@@ -84,7 +86,7 @@ class Locator:
             raise LocateError(f"within_km must be one of {', '.join(f'{r:g}' for r in RADII_KM)} km")
         if min_confidence is not None and not 0 <= min_confidence <= 1:
             raise LocateError("min_confidence must lie between 0 and 1")
-        self.calibrator = calibrator if calibrator is not None else self._find_calibrator(embedder)
+        self.calibrator = calibrator if calibrator is not None else self._find_calibrator(embedder, home)
         self.within_km, self.min_confidence = within_km, min_confidence
         self.embedder, self.gallery = embedder, gallery
         self.k, self.aggregator, self.top_cells = k, aggregator, top_cells
@@ -103,11 +105,11 @@ class Locator:
             raise LocateError(str(err)) from None
 
     @staticmethod
-    def _find_calibrator(embedder: Embedder) -> Calibrator:
+    def _find_calibrator(embedder: Embedder, home: Path | None) -> Calibrator:
         bundle = embedder.bundle
         try:
             return find_calibrator(embedder.model_id, embedder.bundle_id, bundle.path if bundle else None,
-                                   Settings().home)
+                                   home if home is not None else Settings().home)
         except CalibrationError as err:
             raise LocateError(f"{err}: fit it again (geoloc calibrate) or delete it") from None
 

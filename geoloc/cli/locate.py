@@ -77,7 +77,8 @@ def cmd_locate(args) -> int:
     with runtime_from(args) as runtime:
         locator = Locator(runtime.embedder, runtime.gallery(), k=args.k, aggregator=args.aggregator,
                           collections=args.collections, top_cells=args.top_cells, head=args.head,
-                          min_confidence=args.min_confidence, within_km=args.within, prior=args.prior)
+                          min_confidence=args.min_confidence, within_km=args.within, prior=args.prior,
+                          home=runtime.settings.home)
         locator.check_ready()
         total = sum(count_items(Path(name)) if manifest else 1 for name, manifest in queries)
         batch_size = runtime.settings.batch_size

@@ -83,7 +83,8 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     images = [read_photo(upload, svc.settings) for upload in photo]
     embedder, gallery = svc.serving()
     locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
-                      min_confidence=min_confidence, within_km=float(within_km), prior=prior)
+                      min_confidence=min_confidence, within_km=float(within_km), prior=prior,
+                      home=svc.settings.home)
     locator.check_ready()
     answers = [_located(a.to_dict(), scope, embedder.model_id) for a in locator.locate(images)]
     what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
