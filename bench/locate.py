@@ -112,7 +112,8 @@ def locate_once(runtime: Runtime, data: bytes, clock: Clock) -> dict:
         with clock.lap("serving()"):
             embedder, gallery = runtime.serving()
         with clock.lap("Locator()"):
-            locator = TimedLocator(TimedEmbedder(embedder, clock), TimedGallery(gallery, clock), clock=clock)
+            locator = TimedLocator(TimedEmbedder(embedder, clock), TimedGallery(gallery, clock), clock=clock,
+                                   home=runtime.settings.home)
         with clock.lap("check_ready()"):
             locator.check_ready()
         answer = locator.locate([image])[0]
