@@ -109,7 +109,7 @@ def _undo_if_cancelled(ctx: JobContext, gallery: Gallery, job_id: str, batch: in
 def prune_region(ctx: JobContext, job_id: str, batch: int, collection: str, box=None, radius=None) -> None:
     """Remove every photo of the collection inside the box and/or radius (one filtered delete)."""
     ctx.jobs.mark_started(job_id)
-    removed = ctx.gallery.delete(_region(collection, box, radius))
+    removed = ctx.gallery.delete(prune_region_filter(collection, box, radius))
     ctx.jobs.finish(job_id, batch, Outcome(done=removed, removed=removed))
 
 
@@ -281,7 +281,8 @@ class InProcessRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _region(collection: str, box=None, radius=None) -> SearchFilter:
+def prune_region_filter(collection: str, box=None, radius=None) -> SearchFilter:
+    """The photos a region prune removes (and what its dry run previews)."""
     return SearchFilter(collections=[collection], box=tuple(box) if box else None,
                         radius=tuple(radius) if radius else None)
 
@@ -323,7 +324,7 @@ class Jobs:
 
     def prune(self, gallery: Gallery, collection: str, owner: str, box=None, radius=None,
               unplaceable: bool = False) -> str:
-        where = _region(collection, box, radius)
+        where = prune_region_filter(collection, box, radius)
         if not unplaceable:
             total = gallery.count(where)
             return self._submit("prune", "geoloc.prune_region", collection, owner, total,

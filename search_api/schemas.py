@@ -225,6 +225,8 @@ class PruneRequest(BaseModel):
     box: Box | None = None
     radius: Radius | None = None
     unplaceable: bool = False
+    dry_run: bool = Field(False, description="Remove nothing: answer 200 at once with how many photos of the box "
+                                             "and/or radius would go, and a sample of them (not with unplaceable)")
 
     @model_validator(mode="after")
     def _something(self):
@@ -232,6 +234,14 @@ class PruneRequest(BaseModel):
             raise ValueError("give a box, a radius or unplaceable=true (removing a whole collection is "
                              "DELETE /v1/collections/{name})")
         return self
+
+
+class PrunePreview(BaseModel):
+    """A prune's dry run: what it would remove, nothing removed."""
+
+    model_config = _example({"would_remove": 1, "sample": [ImageItem.model_config["json_schema_extra"]["examples"][0]]})
+    would_remove: int = Field(description="Photos of the collection the prune would remove")
+    sample: list[ImageItem] = Field(description="Up to 20 of them")
 
 
 class Job(BaseModel):

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, File, Form, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from geoloc import retention
 from geoloc.gallery.base import SearchFilter
 from geoloc.job_store import Outcome
+from geoloc.jobs import prune_region_filter
 from geoloc.imports import check_import_path
 from geoloc.ingest.coordinates import GpsError, validate_coordinates
 from geoloc.ingest.records import point_id
@@ -31,6 +32,7 @@ from geoloc.search_api.schemas import (
     Limit,
     NewCollection,
     Offset,
+    PrunePreview,
     PruneRequest,
     ReembedRequest,
 )
@@ -39,6 +41,7 @@ from geoloc.search_api.services import Services
 router = APIRouter(prefix="/collections", tags=["collections"], responses=ERROR_RESPONSES)
 NOT_FOUND = {404: documented(404, "No such collection or photo", "no_collection",
                              "no collection named 'news': create it first with POST /v1/collections")}
+PREVIEW = 20  # photos a prune's dry run shows
 
 
 def _existing(svc: Services) -> dict[str, int]:
@@ -217,17 +220,32 @@ def get_photo(svc: Svc, key: Caller, name: str, image: str):
     return FileResponse(original, media_type=media_type)
 
 
-@router.post("/{name}/prune", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
-             summary="Remove the photos in a region, or the unplaceable ones, by a job")
+@router.post("/{name}/prune", response_model=JobAccepted, status_code=202,
+             responses={**NOT_FOUND, 200: {"model": PrunePreview, "description": "A dry run: what would go"}},
+             summary="Remove the photos in a region, or the unplaceable ones, by a job",
+             description="With `dry_run`, nothing is removed and no job starts: the answer (200) counts the "
+                         "photos of the box and/or radius the prune would remove, with a sample of them.")
 def prune(svc: Svc, key: Admin, response: Response, name: str, body: Annotated[PruneRequest, Body()]):
+    if body.unplaceable and body.dry_run:
+        raise ApiError(422, "invalid_request", "a dry run previews a box or a radius: which photos are unplaceable "
+                                               "is known only once the classifier has run over them (a prune job)")
     if body.unplaceable and svc.embedder.bundle is None:
         raise ApiError(422, "needs_bundle", "pruning unplaceable photos needs a model bundle: start the "
                                             "server with GEOLOC_BUNDLE set")
     _require(svc, name)
     box = [body.box.south, body.box.west, body.box.north, body.box.east] if body.box else None
     radius = [body.radius.lat, body.radius.lon, body.radius.km] if body.radius else None
+    if body.dry_run:
+        return _prune_preview(svc.gallery(), name, prune_region_filter(name, box, radius))
     job_id = svc.jobs.prune(svc.gallery(), name, key.id, box=box, radius=radius, unplaceable=body.unplaceable)
     return _accepted(svc, response, job_id)
+
+
+def _prune_preview(gallery, name: str, where: SearchFilter) -> JSONResponse:
+    sample = [{"id": h.id, "source": h.payload.get("source", ""), "lat": h.lat, "lon": h.lon,
+               "photo_url": photo_url(name, h.id)} for h in islice(gallery.scroll(where, batch=PREVIEW), PREVIEW)]
+    preview = PrunePreview(would_remove=gallery.count(where), sample=sample)
+    return JSONResponse(preview.model_dump(), status_code=200)
 
 
 @router.post("/{name}/reembed", response_model=JobAccepted, status_code=202, responses=NOT_FOUND,
