@@ -2,8 +2,9 @@
 
 Uploads land here before their job runs; CLI and import ingests copy each usable photo here as they read
 it. Re-embedding and serving a photo back read only these copies, never a path a source once named. One copy
-serves every collection holding the same bytes. Files made from a copy (a thumbnail, say) live beside it as
-`<digest>.<suffix>` and go with it.
+serves every collection holding the same bytes. Files made from a copy live beside it as `<digest>.<suffix>`
+and go with it: each photo's thumbnail (ingest.thumbnails) is made as it is stored, or, for a copy stored
+before thumbnails were made, when first asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoloc.ingest.records import sha256_hex
+from geoloc.ingest.thumbnails import SUFFIX, make_thumbnail
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -38,19 +40,45 @@ class OriginalStore:
         return f"{digest[:2]}/{digest}"
 
     def put(self, data: bytes) -> tuple[str, Path]:
-        """(sha256, path) of the stored bytes; storing the same bytes twice keeps one file, whose time is
-        renewed (a sweep measures how long a copy has gone unneeded from it)."""
+        """(sha256, path) of the stored bytes, with their thumbnail when they are a photo; storing the same
+        bytes twice keeps one file, whose time is renewed (a sweep measures how long a copy has gone unneeded
+        from it). Every ingest (command line, upload, import) stores through here."""
         digest = sha256_hex(data)
         path = self.directory / self.name(digest)
         try:
             os.utime(path)
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)  # readers never see a partial file
+            _write(path, data)
+        if not self._thumbnail_path(digest).is_file():
+            self._make_thumbnail(digest, data)
         return digest, path
+
+    def thumbnail(self, digest: str) -> Path | None:
+        """The thumbnail of a stored photo, made now if it has none yet (stored before thumbnails were made);
+        None when geoloc holds no such photo or its bytes do not decode."""
+        original = self.find(digest)
+        if original is None:
+            return None
+        path = self._thumbnail_path(digest)
+        if path.is_file() and not path.is_symlink():
+            return path
+        try:
+            data = original.read_bytes()
+        except OSError:  # removed meanwhile
+            return None
+        return self._make_thumbnail(digest, data)
+
+    def _thumbnail_path(self, digest: str) -> Path:
+        return self.directory / f"{self.name(digest)}.{SUFFIX}"
+
+    def _make_thumbnail(self, digest: str, data: bytes) -> Path | None:
+        thumbnail = make_thumbnail(data)
+        if thumbnail is None:
+            return None
+        path = self._thumbnail_path(digest)
+        _write(path, thumbnail)
+        return path
 
     def find(self, digest: str) -> Path | None:
         """The stored copy of these bytes, or None (never stored, or not a digest at all)."""
@@ -92,6 +120,14 @@ class OriginalStore:
     def discard(stored: StoredFile) -> int:
         """Remove one file of the store; the bytes freed."""
         return _unlink(stored.path)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Readers never see a partial file; a write cut short leaves a temporary file the sweep removes."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
 
 
 def _unlink(path: Path) -> int:

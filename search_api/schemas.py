@@ -6,7 +6,7 @@ from pathlib import PureWindowsPath
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_PAGE = 500
@@ -28,7 +28,8 @@ def _example(example: dict) -> ConfigDict:
 
 NEIGHBOUR_EXAMPLE = {"id": "5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4", "lat": 48.8584, "lon": 2.2945,
                      "similarity": 0.83, "km": 0.4, "collection": "news", "source": "eiffel_0412.jpg",
-                     "photo_url": "/v1/collections/news/images/5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4/photo"}
+                     "photo_url": "/v1/collections/news/images/5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4/photo",
+                     "thumbnail": "/v1/collections/news/images/5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4/thumbnail"}
 
 
 class Place(BaseModel):
@@ -57,6 +58,12 @@ class Neighbour(BaseModel):
         description="Its name inside the collection (the path within the imported folder, or the file name)")
     photo_url: str = Field(description="The original photo, for keys that may read its collection")
     place: Place | None = Field(None, description="The nearest populated place to the photo")
+
+    @computed_field(description="Its thumbnail (upright, longest side 256 px, WebP), for keys that may read "
+                                "its collection")
+    @property
+    def thumbnail(self) -> str:
+        return f"/v1/collections/{self.collection}/images/{self.id}/thumbnail"  # routes/thumbnails.py
 
 
 class Cell(BaseModel):

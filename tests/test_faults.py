@@ -182,7 +182,7 @@ def test_a_gallery_broken_before_the_server_starts(home, rows, embedder, kind, s
     with fault(kind, settings.gallery_dir, shared):
         with serving(settings, embedder) as (client, admin, services):
             assert_unavailable(client, admin, rows[2], kind, settings.gallery_lock_timeout)
-            assert len(list(services.originals.files())) == 2  # the refused upload left no copy
+            assert len({f.digest for f in services.originals.files()}) == 2  # the refused upload left no copy
     with serving(settings, embedder) as (client, admin, _):
         assert_serving(client, admin, rows)
 
