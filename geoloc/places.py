@@ -14,7 +14,7 @@ import importlib.util
 import json
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ class Place:
         return ", ".join(part for part in (self.name, self.region, self.country_code) if part)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "label": self.label}
+        return {**vars(self), "label": self.label}  # its fields are plain values: no deep copy needed
 
 
 def _compact(row: dict) -> tuple:

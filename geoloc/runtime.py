@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 
 from geoloc.embedding import Embedder
@@ -52,6 +53,7 @@ class Runtime:
         self._store: JobStore | None = None
         self._runner: Runner | None = None
         self._pinned: dict[str, Embedder] = {}  # encoder settings -> the model they build
+        self._serving_read: tuple[tuple | None, str | None] = (None, None)  # (models.json's stat, its serving id)
         self._lock = threading.RLock()
 
     @property
@@ -59,7 +61,7 @@ class Runtime:
         with self._lock:
             if self._own is None:
                 self._own = Embedder.from_settings(self.settings)
-            serving = self._stores().serving() if self.follow_serving else None
+            serving = self._serving_model() if self.follow_serving else None
             if serving is None or serving == self._own.model_id:
                 return self._own
             return self._embedder_for(serving)
@@ -68,6 +70,40 @@ class Runtime:
         from geoloc.gallery.stores import ModelStores
 
         return ModelStores(self.settings.gallery_dir)
+
+    def _serving_model(self) -> str | None:
+        """The model models.json says serves queries, read again only when the file changes (every request asks;
+        the file is replaced whole on each write, so its stat changes with it)."""
+        from geoloc.gallery.stores import REGISTRY_FILE
+
+        try:
+            info = os.stat(self.settings.gallery_dir / REGISTRY_FILE)
+            stat = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+        except OSError:
+            stat = None  # no file yet, or one that cannot be read: read() says which
+        if stat is None or stat != self._serving_read[0]:
+            self._serving_read = (stat, self._stores().serving())
+        return self._serving_read[1]
+
+    def warm_up(self) -> None:
+        """What a serving process's first locate would otherwise pay for: torch threads set, the serving model
+        loaded and run once, its store opened, place names and calibrator loaded. A gallery that cannot be opened
+        yet is left to the requests, which answer 503 until it comes good."""
+        import torch
+
+        from geoloc.gallery.base import GalleryError
+        from geoloc.locate import warm_up
+
+        torch.set_num_threads(self.settings.torch_threads)
+        with self._lock:
+            if self._own is None:
+                self._own = Embedder.from_settings(self.settings)
+        try:
+            embedder = self.serving()[0]
+        except GalleryError as exc:
+            log.warning("the gallery cannot be opened yet (%s): requests will try again", exc)
+            embedder = self._own
+        warm_up(embedder, self.settings.home)
 
     def _embedder_for(self, model_id: str) -> Embedder:
         """The serving model, built from the encoder settings recorded with its store (once)."""

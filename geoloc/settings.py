@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     # seconds, and sooner, oldest first, while together they weigh more than spool_max_bytes
     spool_max_age: Count = 3600
     spool_max_bytes: Count = 1 << 30
+    # torch CPU threads, set once when a server starts; default: the cores this process may run on
+    torch_threads: Count = Field(default_factory=lambda: len(os.sched_getaffinity(0))
+                                 if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    # the API runs photos of concurrent locate/similar requests through the encoder together: at most this many
+    # at once, waiting at most this long for more once several requests are seen to arrive together
+    serve_batch_photos: Count = 16
+    serve_batch_wait_ms: Annotated[float, Field(ge=0)] = 5.0
 
     def __init__(self, **values: Any):
         try:

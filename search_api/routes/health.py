@@ -1,8 +1,9 @@
 """Liveness and readiness, for load balancers and orchestrators (no key needed).
 
-Readiness answers within READY_WITHIN_S whatever the gallery or the broker does: each check runs on a thread
-of its own, and one not done by then reports so (a lock held by another process, a server that does not
-answer, a model still loading). The next request waits on the same check rather than starting another.
+The server takes no request before its model is loaded (Services.start), so the `model` check says "ok", or
+why the model could not be loaded (then not ready). The gallery and broker checks answer within READY_WITHIN_S
+whatever those do: each runs on a thread of its own, and one not done by then reports so (a lock held by another
+process, a server that does not answer). The next request waits on the same check rather than starting another.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def healthz():
     return {"status": "ok", "checks": {}}
 
 
-@router.get("/readyz", response_model=Health, summary="The gallery and the job queue are reachable",
+@router.get("/readyz", response_model=Health,
+            summary="The model is loaded, the gallery and the job queue are reachable",
             responses={503: {"model": Health, "description": "Something it needs is unreachable"}})
 def readyz(svc: Svc, request: Request):
     deadline = time.monotonic() + READY_WITHIN_S
@@ -95,6 +97,7 @@ def readyz(svc: Svc, request: Request):
     checks = {name: Probe.outcome(future, deadline - time.monotonic()) for name, future in running.items()}
     if not svc.settings.broker_url:
         checks["broker"] = "none (jobs run in this process)"
+    checks["model"] = svc.model_state  # loaded before the server took its first request, or why not
     ready = all(v == "ok" or v.startswith("none") for v in checks.values())
     return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
                         status_code=200 if ready else 503,

@@ -85,8 +85,9 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
                       min_confidence=min_confidence, within_km=float(within_km), prior=prior,
                       home=svc.settings.home)
-    locator.check_ready()
-    answers = [_located(a.to_dict(), scope, embedder.model_id) for a in locator.locate(images)]
+    svc.check_ready(locator)
+    located = locator.locate_features(svc.features(embedder, images))
+    answers = [_located(a.to_dict(), scope, embedder.model_id) for a in located]
     what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
                         "cell": (a["cell"] or {}).get("token"), "confidence": a["confidence"]}} for a in answers]
     return _answered(audit, answers, what)
@@ -119,7 +120,7 @@ def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 
     embedder, gallery = svc.serving()
     gallery.check_model(embedder.model_id)
     answers, what = [], []
-    for vector in embedder.vectors(embedder.features(images)):
+    for vector in embedder.vectors(svc.features(embedder, images)):
         hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
         answers.append({"neighbours": _neighbours(hits, centre), "collections": scope, "model": embedder.model_id})
         what.append({"results": len(hits), **({"answer": {"lat": hits[0].lat, "lon": hits[0].lon}} if hits else {})})
