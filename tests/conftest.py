@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest_plugins = ["tests.services", "tests.api_helpers", "tests.gallery_helpers"]
+pytest_plugins = ["tests.services", "tests.api_helpers", "tests.gallery_helpers", "tests.page_helpers"]
 
 
 @pytest.fixture(scope="session")

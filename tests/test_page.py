@@ -9,11 +9,7 @@ must appear with no console error. Screenshots are kept under tests/artifacts/pa
 
 from __future__ import annotations
 
-import base64
-import csv
 import io
-import subprocess
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -24,24 +20,14 @@ from PIL import Image
 from geoloc.cells import corners
 from geoloc.models.partition import adaptive_hierarchy
 from tests.bundles import cell_probabilities, constructed_bundle
-from tests.services import DATA, REPO, geoloc, manifest_rows, service_env, start_api
+from tests.page_helpers import (ARTIFACTS, NO_CHROMIUM, REDOC_LOGO, TILE_PROBE, Served, all_loaded, drop,
+                                wait_all_loaded)
+from tests.services import DATA, manifest_rows
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = REPO / "tests" / "artifacts" / "page"
-TILE_PROBE = "https://tile.openstreetmap.org/0/0/0.png"
-REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
-# the only outside loads allowed, each failing quietly: the browser still reports them as failed loads
-EXPECTED_OUTSIDE = {TILE_PROBE: "the page's one try at the tile server",
-                    REDOC_LOGO: "ReDoc's own 'API docs by Redocly' logo, hidden when it does not load"}
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 VERDICTS = {"Likely within 25 km", "Likely within 200 km", "Only the continent is likely", "Not confident"}
 GALLERY_PHOTOS = 60
-K = 8
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed (scripts/test.sh installs it)")
+pytestmark = NO_CHROMIUM
 
 
 def split() -> tuple[list[dict], list[dict]]:
@@ -55,90 +41,19 @@ def split() -> tuple[list[dict], list[dict]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, embedder):
     """`geoloc serve` over a gallery indexed with a bundle whose classifier prefers three fine cells;
-    yields the base URL, a reader key for the gallery and the query rows."""
+    yields the base URL, a reader key for the gallery, the gallery and query rows and the server."""
     gallery, queries = split()
     work = tmp_path_factory.mktemp("page")
     lat, lon = (np.array([float(r[c]) for r in gallery]) for c in ("lat", "lon"))
     hierarchy = adaptive_hierarchy(lat, lon, (4, 8, 16))
     probs = cell_probabilities(len(hierarchy.fine), {0: 0.45, 1: 0.2, 2: 0.1})
     bundle = constructed_bundle(work / "bundle", embedder.backbone, hierarchy, probs)
-    manifest = work / "gallery.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["filename", "lat", "lon"])
-        writer.writerows([str(DATA / "images" / r["filename"]), r["lat"], r["lon"]] for r in gallery)
-    env = service_env(work / "home", "", GEOLOC_BUNDLE=bundle.path)
-
-    def run(*args: str) -> str:
-        done = subprocess.run(geoloc(*args), env=env, cwd=REPO, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    run("index", str(manifest), "--collection", "dev")
-    token = run("keys", "create", "--reader", "--collections", "dev", "--name", "page")
-    api, url = start_api(env, work)
+    served = Served(work, gallery, "dev", GEOLOC_BUNDLE=bundle.path)
+    token = served.run("keys", "create", "--reader", "--collections", "dev", "--name", "page")
     try:
-        yield {"url": url, "token": token, "queries": queries}
+        yield {"url": served.url, "token": token, "queries": queries, "gallery": gallery, "served": served}
     finally:
-        api.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def offline(browser):
-    """A page that reaches only loopback; `errors` gathers console errors and uncaught exceptions,
-    `aborted` the URLs it tried to reach elsewhere."""
-    context = browser.new_context(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
-    aborted: list[str] = []
-
-    def only_loopback(route):
-        if urlsplit(route.request.url).hostname in LOOPBACK:
-            route.continue_()
-        else:
-            aborted.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", only_loopback)
-    page = context.new_page()
-    errors: list[str] = []
-
-    def on_console(message):
-        url = message.location.get("url", "")
-        if message.type == "error" and not (url in EXPECTED_OUTSIDE and message.text.startswith("Failed to load")):
-            errors.append(f"{message.text} ({url})")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield page, errors, aborted
-    context.close()
-
-
-def drop(page, path: Path) -> None:
-    """Drop the photo on the drop zone as a person would drag it from their files."""
-    page.evaluate("""([name, data]) => {
-        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
-        const transfer = new DataTransfer();
-        transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
-        const zone = document.getElementById("drop");
-        for (const type of ["dragenter", "dragover", "drop"]) {
-            zone.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: transfer }));
-        }
-    }""", [path.name, base64.b64encode(path.read_bytes()).decode()])
-
-
-def all_loaded(page, selector: str) -> bool:
-    return page.evaluate("""(selector) => [...document.querySelectorAll(selector)]
-        .every((img) => img.complete && img.naturalWidth > 0)""", selector)
+        served.api.stop()
 
 
 def locate_on_page(page, server, row) -> dict:
@@ -159,8 +74,7 @@ def test_a_dropped_photo_is_shown_on_the_map_offline(server, offline):
     page.wait_for_selector("path.answer-marker")
     assert page.locator(".leaflet-marker-icon.pin").count() == len(neighbours)
     assert page.locator("path.cell").count() == len(candidates)
-    page.wait_for_function("""() => [...document.querySelectorAll('.pin-photo, .thumb')]
-        .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30_000)
+    wait_all_loaded(page, ".pin-photo, .thumb")
     assert page.locator("#neighbours li").count() == len(neighbours)
     assert page.locator("#cells li").count() == len(candidates)
     # the basemap is the country outlines the server ships: more than a hundred shapes on the map
@@ -229,3 +143,79 @@ def test_api_docs_render_offline(server, offline, path, ready, outside):
     page.screenshot(path=ARTIFACTS / f"{path.strip('/')}.png")
     assert not errors, errors
     assert aborted == outside, f"{path} reached out of this server: {aborted}"
+
+
+def test_similar_photos_near_a_centre_are_listed_and_pinned_offline(server, offline):
+    page, errors, aborted = offline
+    page.goto(server["url"] + "/")
+    page.fill("#key", server["token"])
+    page.click("#tab-similar")
+    assert page.is_visible("#similar") and not page.is_visible("#locate")
+    page.mouse.click(900, 500)  # a click on the map sets the centre
+    assert page.input_value("#similar-lat") and page.input_value("#similar-lon")
+    assert page.locator("path.centre-circle").count() == 1
+    centre = server["gallery"][0]
+    page.fill("#similar-lat", centre["lat"])
+    page.fill("#similar-lon", centre["lon"])
+    page.fill("#similar-km", "3000")
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
+    with page.expect_response(lambda r: r.url.endswith("/v1/similar"), timeout=120_000) as response:
+        drop(page, DATA / "images" / server["queries"][0]["filename"], zone="similar-drop")
+    assert response.value.status == 200, response.value.text()
+    asked = response.value.request.post_data_buffer
+    assert b'name="radius_km"\r\n\r\n3000' in asked and f'name="lat"\r\n\r\n{float(centre["lat"])}'.encode() in asked
+    found = response.value.json()["neighbours"]
+    assert found and all(n["km"] <= 3000 for n in found), found
+    page.wait_for_selector("body[data-similar=true]")
+    assert page.locator("#similar-results li").count() == len(found)
+    assert page.locator(".leaflet-marker-icon.pin").count() == len(found)
+    wait_all_loaded(page, "#similar .thumb, .pin-photo")
+    # each photo is shown from its thumbnail where the server offers one, else from the photo itself
+    fetched_paths = {urlsplit(url).path for url in fetched}
+    assert {n.get("thumbnail") or n["photo_url"] for n in found} <= fetched_paths, fetched
+    if all(n.get("thumbnail") for n in found):
+        assert not {n["photo_url"] for n in found} & fetched_paths, "thumbnails are shown, never the originals"
+    words = page.text_content("#similar-results li")
+    assert "similarity" in words and "km from the centre" in words
+    assert page.text_content("#similar-title").startswith(f"{len(found)} similar photos within 3,000 km")
+    page.screenshot(path=ARTIFACTS / "similar.png")
+    page.locator("#similar-results button").first.click()
+    page.wait_for_selector(".leaflet-popup .popup-photo")
+    assert not errors, errors
+    assert aborted == [TILE_PROBE]
+
+
+def test_explain_lays_a_heat_map_over_the_photo(server, offline):
+    if not server["served"].has_route("/v1/explain"):
+        pytest.skip("this build serves no POST /v1/explain yet (search_api/routes/explain.py): the page asks it "
+                    "and says so when it is missing")
+    page, errors, _ = offline
+    locate_on_page(page, server, server["queries"][0])
+    with page.expect_response(lambda r: r.url.endswith("/v1/explain"), timeout=120_000) as response:
+        page.click("#explain")
+    assert response.value.status == 200, response.value.text()
+    grid = response.value.json()
+    assert len(grid["importance"]) == grid["rows"] and all(len(row) == grid["cols"] for row in grid["importance"])
+    page.wait_for_selector("body[data-explained=true]")
+    assert page.is_visible("#heat") and page.is_visible("#heat-legend")
+    assert "regions that drive the answer" in page.text_content("#heat-legend")
+    overlay = page.evaluate("""([rows, cols]) => {
+        const canvas = document.getElementById("heat");
+        const heat = canvas.getBoundingClientRect();
+        const photo = document.getElementById("preview").getBoundingClientRect();
+        const context = canvas.getContext("2d");
+        const centres = [];  // the alpha at the middle of each grid cell, row by row
+        for (let r = 0; r < rows; r++) centres.push([...Array(cols).keys()].map((c) => context.getImageData(
+            Math.floor((c + 0.5) * canvas.width / cols), Math.floor((r + 0.5) * canvas.height / rows), 1, 1).data[3]));
+        return { centres, offset: [heat.left - photo.left, heat.top - photo.top, heat.width - photo.width,
+                                   heat.height - photo.height] };
+    }""", [grid["rows"], grid["cols"]])
+    assert all(abs(d) < 1.5 for d in overlay["offset"]), overlay  # the heat map lies exactly over the photo
+    expected = 255 * (0.12 + 0.6 * np.array(grid["importance"]))  # faint where nothing matters, strong where much
+    assert np.abs(np.array(overlay["centres"]) - expected).max() < 40, (overlay["centres"], grid["importance"])
+    page.locator("#drop").screenshot(path=ARTIFACTS / "explain.png")
+    page.screenshot(path=ARTIFACTS / "locate-explained.png")
+    page.click("#explain")
+    assert not page.is_visible("#heat")
+    assert not errors, errors

@@ -1,42 +1,19 @@
-// The locate page: a photo dropped or picked goes to POST /v1/locate; the answer is shown on the map
-// and beside it. The API key lives in this browser's local storage and goes out as a Bearer token.
+// The page: three views over one map. Locate (here): a photo dropped or picked goes to POST /v1/locate and
+// the answer is shown on the map and beside it. Similar photos (similar.js) and Admin (admin.js) have
+// their own files; the search key lives in this browser's local storage (api.js).
+import { $, call, failure, keys, Pictures, preview, say } from "./api.js";
+import { createAdmin } from "./admin.js";
+import { createExplain } from "./explain.js";
+import { photoRows } from "./lists.js";
 import { createMap, showAnswer } from "./map.js";
+import { createSimilar } from "./similar.js";
 import { coordinates, country, el, km, percent, placeLabel, probabilities, verdict } from "./words.js";
 
-const KEY_STORAGE = "geoloc-key";
-const $ = (id) => document.getElementById(id);
 const view = createMap($("map"));
+const pictures = new Pictures();
+const explain = createExplain();
 let photo = null;
-let thumbnails = new Map();
 let settingsOpenedForKey = false; // opened because no key was stored: closed again once an answer comes
-
-const headers = () => {
-  const key = $("key").value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
-};
-
-/** An object URL for a gallery photo (fetched once per answer, with the key), or null. */
-function thumbnail(url) {
-  if (!url) return Promise.resolve(null);
-  if (!thumbnails.has(url)) {
-    thumbnails.set(url, fetch(url, { headers: headers() })
-      .then((response) => (response.ok ? response.blob() : null))
-      .then((blob) => (blob ? URL.createObjectURL(blob) : null))
-      .catch(() => null));
-  }
-  return thumbnails.get(url);
-}
-
-function status(text, tone = "") {
-  $("status").textContent = text;
-  $("status").className = `status ${tone}`;
-}
-
-function errorText(response, body) {
-  const message = body && body.error ? body.error.message : response.statusText || "request failed";
-  if (response.status === 401) return `${message}. Paste an API key under Settings.`;
-  return `${message} (HTTP ${response.status})`;
-}
 
 async function locate() {
   if (!photo) return;
@@ -45,21 +22,16 @@ async function locate() {
   form.append("k", $("k").value || "10");
   const collections = $("collections").value.trim();
   if (collections) form.append("collections", collections);
-  status("Locating…", "busy");
+  say($("status"), "Locating…", "busy");
   $("again").disabled = true;
   try {
-    const response = await fetch("v1/locate", { method: "POST", body: form, headers: headers() });
-    const body = await response.json().catch(() => null);
-    if (!response.ok) {
-      status(errorText(response, body), "error");
-      if (response.status === 401) $("settings").open = true;
-      return;
-    }
-    status("");
-    show(body);
+    const answer = await call("v1/locate", { method: "POST", form });
+    say($("status"), "");
+    show(answer);
     if (settingsOpenedForKey) $("settings").open = settingsOpenedForKey = false;
   } catch (error) {
-    status(`The server could not be reached: ${error.message}`, "error");
+    say($("status"), failure(error), "error");
+    if (error.status === 401) $("settings").open = true;
   } finally {
     $("again").disabled = false;
   }
@@ -68,11 +40,8 @@ async function locate() {
 function choose(file) {
   if (!file) return;
   photo = file;
-  const preview = $("preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
-  preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
-  $("drop").classList.add("has-photo");
+  preview($("drop"), $("preview"), file);
+  explain.take(file);
   locate();
 }
 
@@ -107,52 +76,77 @@ function showCells(answer, polygons) {
   el("span", {}, placeLabel(cell.place, cell.lat, cell.lon))))));
 }
 
-function showNeighbours(answer, pins) {
-  const neighbours = answer.neighbours || [];
-  $("neighbours-title").textContent = neighbours.length ? "Most similar photos" : "No similar photos found";
-  $("neighbours").replaceChildren(...neighbours.map((n, i) => {
-    const image = el("img", { alt: "", class: "thumb" });
-    thumbnail(n.photo_url).then((url) => url && (image.src = url));
-    const distance = n.km === null || n.km === undefined ? "" : ` · ${km(n.km)} away`;
-    return el("li", {}, el("button", { type: "button", class: "neighbour", onclick: () => {
-      view.map.setView(pins[i].getLatLng(), Math.max(view.map.getZoom(), 6), { animate: false });
-      pins[i].openPopup();
-    } }, image, el("span", { class: "who" },
-      el("strong", {}, placeLabel(n.place, n.lat, n.lon)),
-      el("span", {}, `similarity ${n.similarity.toFixed(2)}${distance}`))));
-  }));
-}
-
 function show(answer) {
-  for (const url of thumbnails.values()) url.then((u) => u && URL.revokeObjectURL(u));
-  thumbnails = new Map();
+  pictures.clear();
   const words = showVerdict(answer);
   const where = placeLabel(answer.place, answer.lat, answer.lon);
   $("place").textContent = where;
   $("place").title = country(answer.place);
   showFacts(answer);
   const caption = words ? `${where}: ${words.text.toLowerCase()}` : where;
-  const { pins, cells } = showAnswer(view, answer, thumbnail, caption);
+  const { pins, cells } = showAnswer(view, answer, (photo) => pictures.of(photo), caption);
   showCells(answer, cells);
-  showNeighbours(answer, pins);
+  const neighbours = answer.neighbours || [];
+  $("neighbours-title").textContent = neighbours.length ? "Most similar photos" : "No similar photos found";
+  $("neighbours").replaceChildren(...photoRows(neighbours, (photo) => pictures.of(photo), pins, view.map));
   $("answer").hidden = false;
   document.body.dataset.answered = "true";
 }
 
+const views = {
+  locate: { layers: view.layers, take: choose },
+  similar: createSimilar(view, L.layerGroup()),
+  admin: createAdmin(view, L.layerGroup()),
+};
+let current = "locate";
+
+/** Show one view: its panel, its layers on the map and its tab marked as chosen. */
+function showView(name) {
+  current = name;
+  document.body.dataset.view = name;
+  for (const [id, each] of Object.entries(views)) {
+    const chosen = id === name;
+    $(id).hidden = !chosen;
+    $(`tab-${id}`).setAttribute("aria-selected", String(chosen));
+    $(`tab-${id}`).tabIndex = chosen ? 0 : -1;
+    if (chosen) each.layers.addTo(view.map);
+    else each.layers.remove();
+  }
+  if (views[name].opened) views[name].opened();
+}
+
+function listenToTabs() {
+  const names = Object.keys(views);
+  for (const name of names) {
+    const tab = $(`tab-${name}`);
+    tab.addEventListener("click", () => showView(name));
+    tab.addEventListener("keydown", (event) => {
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+      if (!step) return;
+      const next = names[(names.indexOf(name) + step + names.length) % names.length];
+      showView(next);
+      $(`tab-${next}`).focus();
+    });
+  }
+  view.map.on("click", (event) => views[current].pick && views[current].pick(event.latlng.wrap()));
+}
+
 function listen() {
-  $("key").value = localStorage.getItem(KEY_STORAGE) || "";
+  $("key").value = keys.search();
   if (!$("key").value) $("settings").open = settingsOpenedForKey = true;
-  $("key").addEventListener("input", () => localStorage.setItem(KEY_STORAGE, $("key").value.trim()));
+  $("key").addEventListener("input", () => keys.keepSearch($("key").value));
   $("photo").addEventListener("change", () => choose($("photo").files[0]));
   $("again").addEventListener("click", locate);
-  // a photo dropped anywhere on the page is taken, and never opened in place of the page
-  const drop = $("drop");
-  window.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-  window.addEventListener("dragleave", (event) => event.relatedTarget || drop.classList.remove("over"));
+  listenToTabs();
+  // a photo dropped anywhere on the page goes to the view shown, and is never opened in place of the page
+  const zone = () => document.querySelector(`#${current} .drop`);
+  window.addEventListener("dragover", (event) => { event.preventDefault(); zone()?.classList.add("over"); });
+  window.addEventListener("dragleave", (event) => event.relatedTarget || zone()?.classList.remove("over"));
   window.addEventListener("drop", (event) => {
     event.preventDefault();
-    drop.classList.remove("over");
-    choose(event.dataTransfer && event.dataTransfer.files[0]);
+    zone()?.classList.remove("over");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file && views[current].take) views[current].take(file);
   });
 }
 

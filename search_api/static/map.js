@@ -1,5 +1,6 @@
 // The world map: country outlines served by this server (no network needed), OpenStreetMap tiles added
-// only when the browser reaches them, and one answer drawn on top (cells, uncertainty, answer, photo pins).
+// only when the browser reaches them, and what a view draws on top: an answer (cells, uncertainty, answer,
+// photo pins), or photos around a chosen centre.
 import { el, km, percent, placeLabel } from "./words.js";
 
 const TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
@@ -7,6 +8,7 @@ const PROBE = "https://tile.openstreetmap.org/0/0/0.png";
 const ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors';
 const ANSWER = "#d62839";
 const CELL = "#5b3cc4";
+const CENTRE = "#1c6e8c";
 
 export function createMap(element) {
   const map = L.map(element, { worldCopyJump: true, minZoom: 1, zoomSnap: 0.5 }).setView([25, 10], 2);
@@ -68,21 +70,44 @@ function drawCells(layers, candidates) {
   });
 }
 
-function photoPin(neighbour, thumbnail) {
+/** A pin showing a gallery photo, with a popup of it; `thumbnail(photo)` gives its picture's URL (a promise),
+ *  `away` says what its distance is from. */
+export function photoPin(neighbour, thumbnail, away = "from the answer") {
   const image = el("img", { alt: "", class: "pin-photo" });
   const icon = L.divIcon({ className: "pin", html: el("div", { class: "pin-frame" }, image),
     iconSize: [46, 46], iconAnchor: [23, 53], popupAnchor: [0, -50], tooltipAnchor: [16, -30] });
   const popupImage = el("img", { alt: "", class: "popup-photo" });
-  thumbnail(neighbour.photo_url).then((url) => {
+  thumbnail(neighbour).then((url) => {
     if (url) image.src = popupImage.src = url;
   });
-  const popup = el("div", { class: "popup" }, popupImage,
-    el("strong", {}, placeLabel(neighbour.place, neighbour.lat, neighbour.lon)),
-    el("span", {}, `similarity ${neighbour.similarity.toFixed(2)}`,
-      neighbour.km === null || neighbour.km === undefined ? "" : ` · ${km(neighbour.km)} from the answer`));
-  return L.marker([neighbour.lat, neighbour.lon], { icon, riseOnHover: true, title: placeLabel(neighbour.place,
-    neighbour.lat, neighbour.lon) }).bindPopup(popup, { maxWidth: 260, minWidth: 200 });
+  const label = placeLabel(neighbour.place, neighbour.lat, neighbour.lon);
+  const similarity = typeof neighbour.similarity === "number" ? `similarity ${neighbour.similarity.toFixed(2)}` : "";
+  const distance = neighbour.km === null || neighbour.km === undefined ? "" : ` · ${km(neighbour.km)} ${away}`;
+  const popup = el("div", { class: "popup" }, popupImage, el("strong", {}, label),
+    similarity || distance ? el("span", {}, similarity, distance) : null, el("span", {}, neighbour.source || ""));
+  return L.marker([neighbour.lat, neighbour.lon], { icon, riseOnHover: true, title: label })
+    .bindPopup(popup, { maxWidth: 260, minWidth: 200 });
 }
+
+/** The chosen centre and its radius, drawn on `layers`; returns the circle. */
+export function drawCentre(layers, lat, lon, radiusKm) {
+  L.circleMarker([lat, lon], { radius: 6, color: "#fff", weight: 2, fillColor: CENTRE, fillOpacity: 1,
+    className: "centre-marker", interactive: false }).addTo(layers);
+  return L.circle([lat, lon], { radius: radiusKm * 1000, color: CENTRE, weight: 2, dashArray: "6 5",
+    fillColor: CENTRE, fillOpacity: 0.06, interactive: false, className: "centre-circle" }).addTo(layers);
+}
+
+/** Pins for `photos` (and the centre's circle, if any) on `layers`, the view fitted to them all. */
+export function showPhotos(view, layers, photos, thumbnail, away, circle = null) {
+  const pins = photos.map((photo) => photoPin(photo, thumbnail, away).addTo(layers));
+  const bounds = circle ? circle.getBounds() : L.latLngBounds([]);
+  pins.forEach((pin) => bounds.extend(pin.getLatLng()));
+  if (bounds.isValid()) view.map.fitBounds(bounds.pad(0.15), { maxZoom: fittest(view.map), animate: false });
+  return pins;
+}
+
+/** With country outlines only, closer than a country's scale would show nothing but one colour. */
+const fittest = (map) => (map.getContainer().classList.contains("online") ? 12 : 5);
 
 /** Draw `answer` and fit the view to it; returns the neighbours' markers and the candidates' polygons,
  *  each in the answer's order. */
@@ -101,8 +126,6 @@ export function showAnswer(view, answer, thumbnail, caption) {
   L.circleMarker([answer.lat, answer.lon], { radius: 9, color: "#fff", weight: 3, fillColor: ANSWER,
     fillOpacity: 1, className: "answer-marker", pane: "answer" })
     .bindTooltip(caption, { direction: "top", offset: [0, -8] }).addTo(layers);
-  // with country outlines only, closer than a country's scale would show nothing but one colour
-  const online = map.getContainer().classList.contains("online");
-  map.fitBounds(bounds.pad(0.15), { maxZoom: online ? 12 : 5, animate: false });
+  map.fitBounds(bounds.pad(0.15), { maxZoom: fittest(map), animate: false });
   return { pins, cells };
 }
