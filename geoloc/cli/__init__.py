@@ -6,10 +6,10 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from geoloc.cli import collections, encoders, keys, learning, locate, maintenance, models, service
+from geoloc.cli import collections, encoders, explain, keys, learning, locate, maintenance, models, service
 from geoloc.cli.common import USER_ERRORS
 
-COMMAND_GROUPS = (collections, locate, learning, encoders, models, service, keys, maintenance)
+COMMAND_GROUPS = (collections, locate, explain, learning, encoders, models, service, keys, maintenance)
 
 
 def installed_version() -> str:
