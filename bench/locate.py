@@ -4,9 +4,11 @@
 
 Baseline: Backbone.features on one decoded photo in memory (batch of one, warm), timed in turn with the
 in-process and the HTTP repetitions (and back to back, its best case, for reference).
-In-process: the API's path from the photo's bytes (open_image + to_rgb, Runtime.serving(), Locator(...),
-check_ready(), locate([image]), to_dict()), its parts timed by a Locator subclass and thin wrappers that call
-the product's own methods. HTTP: POST /v1/locate to a real `geoloc serve` on loopback, one client.
+In-process: the API's path from the photo's bytes over the API's own Services, started as a server starts them
+(open_image + to_rgb, serving(), Locator(...), the cached check_ready(), the features through the batcher,
+locate_features(), to_dict()), its parts timed by a Locator subclass and thin wrappers that call the product's
+own methods. HTTP: POST /v1/locate to a real `geoloc serve` on loopback, one client; a fresh server's start
+(until it accepts connections, model loaded) and first request are timed apart.
 CLI: `geoloc locate ONE.jpg` against `python -c 'import torch, timm'`, alternated.
 Gallery: the manifest's first --gallery photos in a fresh GEOLOC_HOME; the query photo is a later one by a
 photographer the gallery lacks. 2 torch threads here, OMP_NUM_THREADS=2 in subprocesses.
@@ -42,11 +44,12 @@ from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
 from geoloc.ingest.sources import resolve_manifest_path  # noqa: E402
 from geoloc.locate import Locator  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
+from geoloc.search_api.services import build_services  # noqa: E402
 from geoloc.settings import Settings  # noqa: E402
 
 WARMUP = 5
-PIECES = ["decode", "serving()", "Locator()", "check_ready()", "preprocess+backbone", "gallery search", "aggregation",
-          "calibration", "place names", "to_dict()"]
+PIECES = ["decode", "serving()", "Locator()", "check_ready()", "batcher hop", "preprocess+backbone", "gallery search",
+          "aggregation", "calibration", "place names", "to_dict()"]
 
 
 class Clock:
@@ -104,19 +107,24 @@ class TimedLocator(Locator):
             return super()._calibrate(answers)
 
 
-def locate_once(runtime: Runtime, data: bytes, clock: Clock) -> dict:
+TIMED_GALLERIES: dict[int, TimedGallery] = {}
+
+
+def locate_once(services, data: bytes, clock: Clock) -> dict:
     """Bytes -> answer dict, as POST /v1/locate runs it (default k, aggregator, all collections)."""
     with clock.lap("total"):
         with clock.lap("decode"):
-            image = to_rgb(open_image(data, runtime.settings.max_pixels))
+            image = to_rgb(open_image(data, services.settings.max_pixels))
         with clock.lap("serving()"):
-            embedder, gallery = runtime.serving()
+            embedder, gallery = services.serving()
+        timed = TIMED_GALLERIES.setdefault(id(gallery), TimedGallery(gallery, clock))  # one per store, as served
         with clock.lap("Locator()"):
-            locator = TimedLocator(TimedEmbedder(embedder, clock), TimedGallery(gallery, clock), clock=clock,
-                                   home=runtime.settings.home)
+            locator = TimedLocator(embedder, timed, clock=clock, home=services.settings.home)
         with clock.lap("check_ready()"):
-            locator.check_ready()
-        answer = locator.locate([image])[0]
+            services.check_ready(locator)
+        with clock.lap("batched features"):
+            features = services.features(embedder, [image])
+        answer = locator.locate_features(features)[0]
         with clock.lap("to_dict()"):
             return answer.to_dict()
 
@@ -159,17 +167,24 @@ def alternate(measured, baseline, repeats: int) -> tuple[list[float], list[float
 
 
 def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Embedder]:
-    """Warm locates alternating with the baseline; the first locate (model and gazetteer load) reported apart."""
-    clock, runtime, image = Clock(), Runtime(Settings()), to_rgb(open_image(data))
-    cold = seconds(lambda: locate_once(runtime, data, Clock()))
-    first = locate_once(runtime, data, Clock())
-    embedder = runtime.embedder
-    _, baseline = alternate(lambda: locate_once(runtime, data, clock), lambda: embedder.features([image]), repeats)
+    """Services started as a server starts them (the model's batcher running TimedEmbedder), then warm locates
+    alternating with the baseline; the start and the first locate after it are reported apart."""
+    clock, image, settings, start = Clock(), to_rgb(open_image(data)), Settings(), time.perf_counter()
+    services = build_services(settings, TimedEmbedder(Embedder.from_settings(settings), clock))
+    services.start()
+    started = time.perf_counter() - start
+    embedder = Embedder(services.runtime.embedder.backbone)  # the baseline: the same backbone, untimed
+    cold = seconds(lambda: locate_once(services, data, clock))
+    first = locate_once(services, data, clock)
+    clock.laps.clear()
+    _, baseline = alternate(lambda: locate_once(services, data, clock), lambda: embedder.features([image]), repeats)
     clock.laps = {name: laps[WARMUP:] for name, laps in clock.laps.items()}
-    runtime.close()  # the embedded gallery admits one process at a time: the server opens it next
+    clock.laps["batcher hop"] = [b - f for b, f in zip(clock.laps.pop("batched features"),
+                                                       clock.laps["preprocess+backbone"])]
+    services.close()  # the embedded gallery admits one process at a time: the server opens it next
     # the backbone back to back, nothing between calls: its best case, for reference (ratios use the alternated one)
     back_to_back = [seconds(lambda: embedder.features([image])) for _ in range(repeats)]
-    return clock, baseline, {"cold_first_locate_s": round(cold, 3), "answer": first,
+    return clock, baseline, {"start_s": round(started, 3), "cold_first_locate_s": round(cold, 3), "answer": first,
                              "back_to_back": stats(back_to_back)}, embedder
 
 
@@ -285,7 +300,8 @@ def run(args, work: Path) -> dict:
         "backbone_back_to_back": cold["back_to_back"],
         "in_process_locate": total,
         "in_process_pieces": {name: stats(clock.laps[name]) for name in PIECES}, "http_locate": over,
-        "cold": {"first_locate_in_process_s": cold["cold_first_locate_s"], "server_up_s": http["server_up_s"],
+        "cold": {"services_start_s": cold["start_s"], "first_locate_in_process_s": cold["cold_first_locate_s"],
+                 "server_up_s": http["server_up_s"],
                  "first_http_request_s": http["cold_first_request_s"]},
         "cli_s": cli,
         "answers_agree_in_process_vs_http": all(
