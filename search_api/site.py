@@ -1,6 +1,6 @@
-"""What a browser gets besides the API: the locate page at `/`, its map library and basemap, and the API
-docs at `/docs` and `/redoc`. Every script, style and font comes from this install, so the page and the docs
-work with no network; the page adds OpenStreetMap tiles only when the browser reaches them.
+"""What a browser gets besides the API: the page at `/` (locate, similar photos, admin), its map library and
+basemap, and the API docs at `/docs` and `/redoc`. Every script, style and font comes from this install, so the
+page and the docs work with no network; the page adds OpenStreetMap tiles only when the browser reaches them.
 """
 
 from __future__ import annotations
