@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from geoloc.ingest.images import DEFAULT_MAX_PIXELS
 from geoloc.ingest.records import sha256_hex
 from geoloc.ingest.thumbnails import SUFFIX, make_thumbnail
 
@@ -31,8 +32,11 @@ class StoredFile:
 
 
 class OriginalStore:
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """`max_pixels`: photos with more are stored without a thumbnail (an upload is stored before it is
+        checked; its job refuses it)."""
         self.directory = Path(directory)
+        self.max_pixels = max_pixels
 
     @staticmethod
     def name(digest: str) -> str:
@@ -73,7 +77,7 @@ class OriginalStore:
         return self.directory / f"{self.name(digest)}.{SUFFIX}"
 
     def _make_thumbnail(self, digest: str, data: bytes) -> Path | None:
-        thumbnail = make_thumbnail(data)
+        thumbnail = make_thumbnail(data, self.max_pixels)
         if thumbnail is None:
             return None
         path = self._thumbnail_path(digest)

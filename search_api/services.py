@@ -107,4 +107,5 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     jobs = runtime.jobs()
     sweep_in_background(settings, runtime.every_store, jobs.store)  # what earlier runs left in the spool
     return Services(runtime, KeyStore(settings.keys_path), AuditLog(settings.audit_path),
-                    CollectionRegistry(settings.home / "collections.json"), OriginalStore(settings.spool_dir), jobs)
+                    CollectionRegistry(settings.home / "collections.json"),
+                    OriginalStore(settings.spool_dir, settings.max_pixels), jobs)

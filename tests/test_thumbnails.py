@@ -111,3 +111,11 @@ def test_a_folder_ingest_stores_an_upright_thumbnail_and_nothing_for_bytes_that_
     garbage, _ = store.put(b"not a photo at all")
     assert store.thumbnail(garbage) is None and not thumbnail_file(store, garbage).exists()
     assert store.remove(sideways) > 0 and not thumbnail_file(store, sideways).exists()
+
+
+def test_a_photo_over_the_pixel_bound_is_stored_without_decoding_it_for_a_thumbnail(tmp_path):
+    store = OriginalStore(tmp_path / "store", max_pixels=100 * 100)
+    buffer = io.BytesIO()
+    Image.new("RGB", (101, 100)).save(buffer, "PNG")
+    digest, path = store.put(buffer.getvalue())
+    assert path.is_file() and not thumbnail_file(store, digest).exists() and store.thumbnail(digest) is None
