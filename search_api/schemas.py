@@ -59,7 +59,7 @@ class Neighbour(BaseModel):
     photo_url: str = Field(description="The original photo, for keys that may read its collection")
     place: Place | None = Field(None, description="The nearest populated place to the photo")
 
-    @computed_field(description="Its thumbnail (upright, longest side 256 px, WebP), for keys that may read "
+    @computed_field(description="Its thumbnail (upright, longest side 256 px, JPEG), for keys that may read "
                                 "its collection")
     @property
     def thumbnail(self) -> str:

@@ -271,6 +271,6 @@ def test_with_a_store_usable_photos_are_kept_by_digest(tmp_path):
     kept = results["a.jpg"]
     assert kept.extra == {"original": store.name(kept.sha256)}
     assert store.find(kept.sha256).read_bytes() == (tmp_path / "src" / "a.jpg").read_bytes()
-    assert sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file()) == [kept.sha256, f"{kept.sha256}.thumb.webp"]
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*") if p.is_file()) == [kept.sha256, f"{kept.sha256}.thumb.jpg"]
     for not_a_digest in ("../../etc/passwd", kept.sha256.upper(), "", None, "ab" * 31):
         assert store.find(not_a_digest) is None

@@ -38,14 +38,14 @@ def test_uploading_a_photo_makes_its_thumbnail(site, photos):
         assert thumbnail_file(store, row["sha256"]).is_file(), row["filename"]
 
 
-def test_the_thumbnail_is_a_small_webp_cached_for_good(site, photos):
+def test_the_thumbnail_is_a_small_jpeg_cached_for_good(site, photos):
     client, row = site["client"], photos["news"][0]
     response = client.get(url("news", row), headers=site["reader"])
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "image/webp"
+    assert response.headers["content-type"] == "image/jpeg"
     assert len(response.content) < len(row["bytes"])
     image = Image.open(io.BytesIO(response.content))
-    assert image.format == "WEBP" and max(image.size) == SIZE
+    assert image.format == "JPEG" and max(image.size) == SIZE
     original = Image.open(io.BytesIO(row["bytes"]))
     assert image.width / image.height == pytest.approx(original.width / original.height, rel=0.02)
     assert "immutable" in response.headers["cache-control"] and row["sha256"] in response.headers["etag"]
@@ -69,7 +69,7 @@ def test_a_photo_stored_before_thumbnails_gets_one_on_first_request(site, photos
     path = thumbnail_file(store, row["sha256"])
     path.unlink()  # as a copy stored by an earlier geoloc
     response = site["client"].get(url("news", row), headers=site["reader"])
-    assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert path.read_bytes() == response.content  # kept for the next request
 
 
@@ -82,7 +82,7 @@ def test_located_neighbours_carry_their_thumbnail(site, photos):
         for n in neighbours:
             assert n["thumbnail"] == n["photo_url"].removesuffix("/photo") + "/thumbnail"
             served = client.get(n["thumbnail"], headers=reader)
-            assert served.status_code == 200 and served.headers["content-type"] == "image/webp"
+            assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
 
 
 def test_deleting_the_collection_removes_its_thumbnails(site, photos):

@@ -19,7 +19,7 @@ CACHE = "private, max-age=31536000, immutable"  # private: only keys that may re
 
 
 @router.get("/{name}/images/{image}/thumbnail", response_class=FileResponse, summary="A reference photo's thumbnail",
-            description="Upright, longest side 256 px, WebP; made when the photo was stored (or on the first "
+            description="Upright, longest side 256 px, JPEG; made when the photo was stored (or on the first "
                         "request, for photos stored before thumbnails were made).",
             responses={200: {"content": {MEDIA_TYPE: {}}}, 304: {"description": "The client's copy is current"},
                        404: documented(404, "No such photo, or no copy of it", "no_photo",
