@@ -91,4 +91,6 @@ def read_bounded(path: str | Path, policy: ReadPolicy) -> bytes:
             raise FileSkip("unreadable_file") from None
     if len(data) > policy.max_bytes:
         raise FileSkip("file_too_large")
+    if not data:
+        raise FileSkip("empty_file")  # as an upload says: no bytes at all, not bytes that fail to decode
     return data

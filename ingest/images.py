@@ -16,6 +16,9 @@ DECODERS = ("JPEG", "PNG", "WEBP", "TIFF", "HEIF")
 register_heif_opener(thumbnails=False, depth_images=False)  # the primary image only, never its thumbnails or depth maps
 Image.init()  # registers every plugin now: Image.open(formats=...) fails on a format not yet registered
 DEFAULT_MAX_PIXELS = 50_000_000
+# longer side over this many times the shorter: a sliver, not a photo, that the model's resize (shorter side
+# to ~256 pixels) would blow up to gigapixels (1 x 40,000: minutes and gigabytes)
+MAX_ASPECT_RATIO = 50
 
 
 class ImageError(ValueError):
@@ -23,13 +26,15 @@ class ImageError(ValueError):
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode fully (so truncation is caught here, not in the model), refusing decompression bombs: more
-    than `max_pixels`, or what Pillow itself calls a bomb, before any pixel is decoded."""
+    """Decode fully (so truncation is caught here, not in the model), refusing decompression bombs (more
+    than `max_pixels`, or what Pillow itself calls a bomb) and slivers before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data), formats=DECODERS)
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError("too_many_pixels")
+        if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+            raise ImageError("extreme_aspect_ratio")
         image.load()
     except ImageError:
         raise

@@ -109,7 +109,16 @@ def resolve_manifest_path(csv_path: Path, name: str) -> Path:
         return path
     beside = csv_path.parent / path
     in_images = csv_path.parent / "images" / path
-    return in_images if not beside.exists() and in_images.exists() else beside
+    return in_images if not _exists(beside) and _exists(in_images) else beside
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, but False for a name too long for the file system (ENAMETOOLONG, which Path.exists
+    raises): one such manifest row must not stop the listing; reading it gives its reason."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def entry_name(csv_path: Path, name: str) -> str:

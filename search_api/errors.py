@@ -58,6 +58,7 @@ def _storage_fault(exc: OSError) -> JSONResponse:
 IMAGE_MESSAGES = {
     "undecodable_image": "the photo could not be decoded: send a JPEG, PNG, WebP or TIFF file",
     "too_many_pixels": "the photo has more pixels than this server accepts (GEOLOC_MAX_PIXELS)",
+    "extreme_aspect_ratio": "the photo is a sliver (one side over 50 times the other): send a photo",
 }
 
 
