@@ -80,6 +80,12 @@ def test_collections_are_listed_and_photos_uploaded_with_live_progress(server, o
                            arg=str(UPLOADS))
     assert counts(server)["uploads"] == UPLOADS
     page.screenshot(path=ARTIFACTS / "admin-upload.png")
+
+    page.click("#collection-rows tr[data-name=uploads] button:has-text('Re-embed')")
+    page.wait_for_function("() => document.getElementById('job-title').textContent.startsWith('Re-embedding')")
+    page.wait_for_selector("#job[data-state=succeeded]", timeout=120_000)
+    assert page.text_content("#job-status").startswith(f"{UPLOADS} of {UPLOADS} photos: {UPLOADS} re-embedded")
+    assert counts(server)["uploads"] == UPLOADS
     assert not errors, errors
     assert aborted == [TILE_PROBE]
 

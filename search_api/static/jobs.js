@@ -32,6 +32,8 @@ function describe(jobs) {
 export async function follow(title, ids) {
   $("job").hidden = false;
   $("job-title").textContent = title;
+  $("job").dataset.state = "running";
+  $("job-status").textContent = "Starting…";
   const bar = $("job-progress");
   bar.value = 0;
   for (;;) {
