@@ -103,13 +103,18 @@ class QdrantGallery(Gallery):
 
     def scroll(self, where: SearchFilter | None = None, with_vectors: bool = False,
                batch: int = 512) -> Iterator[Hit]:
-        flt, offset = self._native_filter(where), None
+        offset = None
         while True:
-            records, offset = self._scroll_page(flt, offset, batch, with_vectors)
-            for r in records:
-                yield self._hit(r, with_vectors)
+            hits, offset = self.scroll_page(where, offset, batch, with_vectors)
+            yield from hits
             if offset is None:
                 return
+
+    def scroll_page(self, where: SearchFilter | None, offset: Any, limit: int,
+                    with_vectors: bool = False) -> tuple[list[Hit], Any]:
+        """One page of `scroll` and the offset of the next (None at the end): paging without a held cursor."""
+        records, offset = self._scroll_page(self._native_filter(where), offset, limit, with_vectors)
+        return [self._hit(r, with_vectors) for r in records], offset
 
     def retrieve(self, ids: Sequence[str]) -> list[Hit]:
         """The points with these ids that exist, in the order asked, with their vectors."""

@@ -58,7 +58,12 @@ class Settings(BaseSettings):
     qdrant_timeout: Count = 30
     # services: with a Redis broker, jobs run on Celery workers; without one, `geoloc serve` runs them itself
     broker_url: str | None = None
-    # several processes on one host share the embedded gallery, one operation at a time (see gallery.shared)
+    # the embedded gallery admits one process: the API holds it open, and workers and commands on its host send
+    # their gallery operations to it at this address (http://host:port), presenting internal_token
+    gallery_owner_url: str | None = None
+    # the secret of the API's internal routes (search_api/routes/internal.py); unset: those routes refuse all
+    internal_token: str | None = Field(default=None, repr=False)
+    # with no API to hold it, processes take turns on the embedded gallery, one operation at a time (gallery.shared)
     gallery_shared: Flag = False
     # server-side folders and CSV manifests the API may import from (os.pathsep-separated); none by default
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
@@ -152,9 +157,9 @@ class Settings(BaseSettings):
 
     @property
     def edge_shared(self) -> bool:
-        """Whether the embedded gallery is opened per operation under a file lock (no Qdrant server, and
-        asked for, or implied by workers in other processes)."""
-        return not self.qdrant_url and (self.gallery_shared or bool(self.broker_url))
+        """Whether the embedded gallery is opened per operation under a file lock: asked for, with no Qdrant
+        server and no API holding it (gallery_owner_url)."""
+        return self.gallery_shared and not self.qdrant_url and not self.gallery_owner_url
 
     @property
     def spool_dir(self) -> Path:
