@@ -149,6 +149,15 @@ class Runtime:
         with self._lock:
             return list(open_every_store(self.settings, self._galleries).values())
 
+    def held_store(self, model_id: str | None, dim: int | None = None,
+                   encoder: dict | None = None) -> tuple[str, Gallery]:
+        """A model's store (None: the serving one) and its model id, kept open like the others: what the API
+        lends the processes beside it when it owns the embedded gallery (search_api.routes.internal)."""
+        from geoloc.gallery.open import hold_store
+
+        with self._lock:
+            return hold_store(self.settings, self._galleries, model_id, dim, encoder)
+
     def open_gallery(self) -> Gallery:
         """A handle of its own on the store serving queries, for commands that need no model."""
         from geoloc.gallery.open import open_gallery
