@@ -25,7 +25,7 @@ class ImageError(ValueError):
     """The bytes are not a usable photo; the message is the skip reason."""
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
     """Decode fully (so truncation is caught here, not in the model), refusing decompression bombs (more
     than `max_pixels`, or what Pillow itself calls a bomb) and slivers before any pixel is decoded."""
     try:
@@ -35,6 +35,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             raise ImageError("too_many_pixels")
         if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
             raise ImageError("extreme_aspect_ratio")
+        if min_side:  # JPEG only: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= min_side, far cheaper
+            image.draft(None, (min_side, min_side))
         image.load()
     except ImageError:
         raise

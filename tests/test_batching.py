@@ -6,6 +6,7 @@ company, a wait for company ends, and a started server has its model, place name
 
 from __future__ import annotations
 
+import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -198,3 +199,22 @@ def test_a_model_that_cannot_load_leaves_the_server_up_and_not_ready(tmp_path):
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["model"].startswith("failed:")
+
+
+def test_a_large_query_jpeg_is_decoded_at_a_reduced_scale_that_embeds_as_the_full_one(embedder):
+    from PIL import Image
+
+    from geoloc.embedding import l2_normalise
+    from geoloc.ingest.images import open_image, to_rgb
+    from geoloc.search_api.routes.query import QUERY_DECODE_SIDE
+    from tests.services import DATA, manifest_rows
+
+    photo = Image.open(DATA / "images" / manifest_rows(1)[0]["filename"]).convert("RGB").resize((2048, 1536))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    photo.save(jpeg, "JPEG", quality=90)
+    photo.save(png, "PNG")
+    full, reduced = to_rgb(open_image(jpeg.getvalue())), to_rgb(open_image(jpeg.getvalue(), min_side=QUERY_DECODE_SIDE))
+    assert full.size == (2048, 1536) and reduced.size == (1024, 768)
+    assert open_image(png.getvalue(), min_side=QUERY_DECODE_SIDE).size == (2048, 1536)  # JPEG only
+    a, b = l2_normalise(embedder.features([full, reduced]))
+    assert float(a @ b) > 0.995
