@@ -12,7 +12,7 @@ from geoloc import __version__
 from geoloc.settings import Settings
 from geoloc.search_api import audit_requests, errors, privacy, quotas, site
 from geoloc.search_api.limits import BodyLimit, mib
-from geoloc.search_api.routes import collections, explain, health, jobs, query, thumbnails
+from geoloc.search_api.routes import collections, explain, health, internal, jobs, query, thumbnails
 from geoloc.search_api.services import Services, build_services
 
 DESCRIPTION = """
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for module in (query, explain, collections, thumbnails, jobs):
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)
+    app.include_router(internal.router)  # the embedded gallery lent to workers (GEOLOC_GALLERY_OWNER_URL)
     site.install(app)
     if settings.cors_origins:  # added last, so outermost: refusals by the other middleware carry its headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
