@@ -18,11 +18,9 @@ Results: bench/results/locate.json; each phase's `other_cores` says how much the
 from __future__ import annotations
 
 import argparse
-import csv
+import io
 import json
 import os
-import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,23 +29,22 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import WARMUP, Watch, alternate, prepare, seconds, server, stats  # noqa: E402
 from geoloc.embedding import Embedder  # noqa: E402
 from geoloc.indexing import index_source  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
-from geoloc.ingest.sources import resolve_manifest_path  # noqa: E402
 from geoloc.locate import Locator  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
+from geoloc.search_api.routes.query import QUERY_DECODE_SIDE  # noqa: E402
 from geoloc.search_api.services import build_services  # noqa: E402
 from geoloc.settings import Settings  # noqa: E402
 
-WARMUP = 5
 PIECES = ["decode", "serving()", "Locator()", "check_ready()", "batcher hop", "preprocess+backbone", "gallery search",
           "aggregation", "calibration", "place names", "to_dict()"]
 
@@ -114,7 +111,7 @@ def locate_once(services, data: bytes, clock: Clock) -> dict:
     """Bytes -> answer dict, as POST /v1/locate runs it (default k, aggregator, all collections)."""
     with clock.lap("total"):
         with clock.lap("decode"):
-            image = to_rgb(open_image(data, services.settings.max_pixels))
+            image = to_rgb(open_image(data, services.settings.max_pixels, min_side=QUERY_DECODE_SIDE))
         with clock.lap("serving()"):
             embedder, gallery = services.serving()
         timed = TIMED_GALLERIES.setdefault(id(gallery), TimedGallery(gallery, clock))  # one per store, as served
@@ -127,43 +124,6 @@ def locate_once(services, data: bytes, clock: Clock) -> dict:
         answer = locator.locate_features(features)[0]
         with clock.lap("to_dict()"):
             return answer.to_dict()
-
-
-def stats(times: list[float]) -> dict:
-    ms = np.asarray(times) * 1000
-    return {"median_ms": round(float(np.median(ms)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
-            "n": len(ms)}
-
-
-def prepare(manifest: Path, n: int, work: Path) -> tuple[Path, Path]:
-    """The gallery slice (absolute file names) and a query photo by a photographer outside it."""
-    with manifest.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row["filename"] = str(resolve_manifest_path(manifest, row["filename"]).resolve())
-    gallery, rest = rows[:n], rows[n:]
-    photographers = {row.get("photographer") for row in gallery}
-    query = next(Path(r["filename"]) for r in rest if r.get("photographer") not in photographers)
-    out = work / "gallery.csv"
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(gallery)
-    return out, query
-
-
-def seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
-def alternate(measured, baseline, repeats: int) -> tuple[list[float], list[float]]:
-    """Warm-up, then `measured` and `baseline` in turn, so load on the shared machine hits both alike."""
-    for _ in range(WARMUP):
-        measured(), baseline()
-    pairs = [(seconds(measured), seconds(baseline)) for _ in range(repeats)]
-    return [m for m, _ in pairs], [b for _, b in pairs]
 
 
 def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Embedder]:
@@ -188,37 +148,16 @@ def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Emb
                              "back_to_back": stats(back_to_back)}, embedder
 
 
-def up(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
+def large_decode(data: bytes, repeats: int) -> dict:
+    """The query photo made a 12 MP JPEG (4000 x 3000, quality 90): decoded whole vs as the locate route does."""
+    from PIL import Image
 
-
-@contextmanager
-def server(env: dict, work: Path):
-    with socket.socket() as sock:  # a free loopback port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (work / "serve.log").open("w")
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/geoloc"), "serve", "--port", str(port), "--log-level",
-                             "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    start = time.perf_counter()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            while not up(client):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"geoloc serve exited: see {work / 'serve.log'}")
-                time.sleep(0.2)
-            yield client, time.perf_counter() - start
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    out = io.BytesIO()
+    to_rgb(open_image(data)).resize((4000, 3000), Image.BICUBIC).save(out, "JPEG", quality=90)
+    big = out.getvalue()
+    full, reduced = alternate(lambda: to_rgb(open_image(big)),
+                              lambda: to_rgb(open_image(big, min_side=QUERY_DECODE_SIDE)), repeats)
+    return {"bytes": len(big), "full": stats(full), "as_located": stats(reduced)}
 
 
 def over_http(env: dict, work: Path, query: Path, data: bytes, embedder: Embedder, repeats: int) -> dict:
@@ -252,28 +191,6 @@ def command_line(env: dict, query: Path, repeats: int) -> dict:
         "all_s": {name: [round(s, 3) for s in t] for name, t in times.items()}}
 
 
-class Watch:
-    """Per phase: wall time, the 1-min load average at its end, and the cores others used meanwhile (the machine's
-    busy time in /proc/stat less this process's and its finished children's): how disturbed the phase was."""
-    def __init__(self):
-        self.phases: dict[str, dict] = {}
-
-    @staticmethod
-    def _cpu() -> tuple[float, float]:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
-        return busy, sum(r.ru_utime + r.ru_stime for r in own)
-
-    @contextmanager
-    def phase(self, name: str):
-        (busy, own), wall = self._cpu(), time.perf_counter()
-        yield
-        (busy2, own2), wall = self._cpu(), time.perf_counter() - wall
-        self.phases[name] = {"wall_s": round(wall, 1), "load_avg_1min": round(os.getloadavg()[0], 2),
-                             "other_cores": round(max(0.0, busy2 - busy - (own2 - own)) / wall, 2)}
-
-
 def run(args, work: Path) -> dict:
     env = dict(os.environ, GEOLOC_HOME=str(work / "home"), GEOLOC_REQUIRE_KEYS="0", OMP_NUM_THREADS="2")
     os.environ["GEOLOC_HOME"] = env["GEOLOC_HOME"]  # Settings() and the Locator's calibrator look-up read it
@@ -283,6 +200,8 @@ def run(args, work: Path) -> dict:
         report = index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
     with watch.phase("in_process"):
         clock, base_in, cold, embedder = in_process(data, args.repeats)
+    with watch.phase("decode_12mp"):
+        decode_12mp = large_decode(data, max(5, args.repeats // 5))
     with watch.phase("http"):
         http = over_http(env, work, query, data, embedder, args.repeats)
     with watch.phase("cli"):
@@ -303,7 +222,7 @@ def run(args, work: Path) -> dict:
         "cold": {"services_start_s": cold["start_s"], "first_locate_in_process_s": cold["cold_first_locate_s"],
                  "server_up_s": http["server_up_s"],
                  "first_http_request_s": http["cold_first_request_s"]},
-        "cli_s": cli,
+        "cli_s": cli, "decode_12mp": decode_12mp,
         "answers_agree_in_process_vs_http": all(
             round(cold["answer"][c], 6) == round(http["answer"][c], 6) for c in ("lat", "lon")),
         "ratios": {"in_process_vs_backbone": ratio(total, baseline), "http_vs_backbone": ratio(over, baseline),
@@ -342,6 +261,9 @@ def print_table(result: dict) -> None:
     print(f"`geoloc locate ONE.jpg` {cli['geoloc_locate']:.2f} s vs `python -c 'import torch, timm'` "
           f"{cli['import_torch_timm']:.2f} s (median of {len(cli['all_s']['geoloc_locate'])}): "
           f"x{r['cli_locate_vs_import_torch_timm']:.2f}")
+    big = result["decode_12mp"]
+    print(f"12 MP JPEG decode: whole {big['full']['median_ms']:.1f} ms, as located (draft) "
+          f"{big['as_located']['median_ms']:.1f} ms")
     print(f"answers agree (in-process vs HTTP): {result['answers_agree_in_process_vs_http']}")
 
 

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.locate import Watch, prepare, seconds, server  # noqa: E402
+from bench.harness import Watch, prepare, seconds, server  # noqa: E402
 from geoloc.indexing import index_source  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
 from geoloc.ingest.sources import resolve_manifest_path  # noqa: E402
