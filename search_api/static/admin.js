@@ -82,6 +82,7 @@ export function createAdmin(view, layers) {
       const files = [...$("upload-photos").files];
       if (!name || !files.length) return;
       const ids = await upload(name, files);
+      $("upload-photos").value = "";
       await follow(`Adding ${files.length} photo${files.length === 1 ? "" : "s"} to “${name}”`, ids);
       await refresh();
     });
