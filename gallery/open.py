@@ -83,6 +83,8 @@ def hold_store(settings: Settings, opened: dict[str, Gallery], model_id: str | N
             raise NoGallery(f"there is no gallery at {settings.gallery_dir} yet: index some photos first")
     gallery = opened.get(model_id)
     if gallery is None:
+        if dim is None and model_id not in registered_stores(settings):
+            raise NoGallery(f"the gallery holds no store of model '{model_id}': index some photos with it first")
         gallery = opened[model_id] = open_gallery(settings, dim, model_id, encoder)
     elif dim is not None and dim != gallery.dim:
         raise GalleryError(f"the store of model '{model_id}' holds {gallery.dim}-d embeddings, not {dim}-d")
