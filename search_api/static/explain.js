@@ -61,7 +61,7 @@ export function createExplain() {
   function showGrid() {
     draw($("heat"), $("preview"), grid);
     const flat = grid.importance.every((row) => row.every((value) => !(Number(value) > 0)));
-    $("heat-target").textContent = flat ? "none: covering any part leaves the answer as it is"
+    $("heat-target").textContent = flat ? "none (covering any part leaves the answer as it is)"
       : TARGETS[grid.target] || grid.target || "";
     $("heat-legend").hidden = false;
     button.textContent = "Hide explanation";
