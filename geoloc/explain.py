@@ -28,7 +28,9 @@ from geoloc.locate import Answer, LocateError, Locator
 
 DEFAULT_GRID = 7
 GRID_RANGE = (3, 16)
-WORKING_SIDE = 512  # a larger photo is brought down to this shorter side first: encoders see 224-336 px anyway
+# a larger photo is brought down first, to this shorter side (encoders see 224-336 px anyway) and this many
+# pixels (a long panorama's copies stay small in memory)
+WORKING_SIDE, WORKING_PIXELS = 512, 1 << 20
 TARGETS = ("retrieval", "cell")
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # backbone features (n, d) -> the score explained, (n,)
@@ -96,7 +98,7 @@ def _batches(images: Iterator[Image.Image], size: int) -> Iterator[list[Image.Im
 
 def _working_copy(image: Image.Image) -> Image.Image:
     image = image.convert("RGB")
-    scale = WORKING_SIDE / min(image.size)
+    scale = min(WORKING_SIDE / min(image.size), (WORKING_PIXELS / (image.width * image.height)) ** 0.5)
     if scale >= 1:
         return image
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
