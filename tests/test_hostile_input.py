@@ -27,7 +27,7 @@ from tests.api_helpers import MAX_BATCH, MAX_PHOTO_BYTES, expect_error, follow, 
 from tests.hostile_cases import BROKEN_MANIFESTS, CASES, write_broken_manifest
 from tests.hostile_corpus import INDEXED, PATHS, build_corpus, not_applicable
 from tests.hostile_files import Photos, finishes
-from tests.services import REPO, geoloc
+from tests.services import REPO, geoloc, wait_until
 
 CLI_TIMEOUT_S = 300  # loads the model, then reads the corpus: a blocked read shows as a timeout
 MAX_PIXELS = 4_000_000  # as the API under test (tests/api_helpers.py)
@@ -144,17 +144,22 @@ def _submit(state, corpus, case, path: str, collection: str):
 
 @pytest.fixture(scope="module")
 def corpus_api(corpus, photos, embedder, tmp_path_factory):
-    """One app over the corpus's import root; every case's uploads and imports queued, then followed."""
+    """One app over the corpus's import root; every case's uploads and imports queued, then followed. Its
+    admin key has quotas wide enough for a few hundred requests a minute."""
     with serving(tmp_path_factory.mktemp("home"), corpus.root.parent, photos, embedder) as state:
+        _, token = state["services"].keys.create("admin", name="corpus", requests_per_minute=100_000,
+                                                 photos_per_hour=100_000)
+        state["admin"] = {"Authorization": f"Bearer {token}"}
         jobs = {}
         for case, path in [p.values for p in applicable(API_PREFIX)]:
             collection = f"{API_PREFIX[path]}-{case.kind}"
             response = finishes(lambda: _submit(state, corpus, case, path, collection))
             assert response.status_code == 202, (case.kind, path, response.text)
             jobs[case.kind, path] = collection, response.json()["job"]["id"]
-        gallery = state["services"].gallery()
-        state["results"] = {key: {"job": follow(state, job_id, timeout_s=120),
-                                  "hits": list(gallery.scroll(where(collection))),
+        store, gallery = state["services"].jobs, state["services"].gallery()
+        for _, job_id in jobs.values():
+            wait_until(lambda: store.get(job_id)["state"] not in ("queued", "running"), 120, f"job {job_id}", 0.02)
+        state["results"] = {key: {"job": follow(state, job_id), "hits": list(gallery.scroll(where(collection))),
                                   "count": gallery.count(where(collection))}
                             for key, (collection, job_id) in jobs.items()}
         yield state
