@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+INTERNAL_TOKEN = "integration-internal-token"  # the API lends its gallery to the workers that present it
 DATA = (REPO / ".." / "shared" / "data" / "im2gps3k-dev").resolve()
 
 
@@ -125,19 +126,41 @@ def store(request, tmp_path):
 
 
 def service_env(home: Path, redis_url: str, **overrides) -> dict:
-    """The environment of the API and workers: one data home, one broker, one CPU thread each."""
+    """The environment of the API: one data home, one broker, one CPU thread, the internal secret."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOLOC_")}
     env.update({
         "GEOLOC_HOME": str(home),
         "GEOLOC_BROKER_URL": redis_url,
         "GEOLOC_DEVICE": "cpu",
         "GEOLOC_IMPORT_ROOTS": str(DATA),
+        "GEOLOC_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     })
     env.update({k: str(v) for k, v in overrides.items()})
     return env
+
+
+def beside(env: dict, api_url: str) -> dict:
+    """The environment of a worker or command beside the API at `api_url`: the gallery is the API's."""
+    return {**env, "GEOLOC_GALLERY_OWNER_URL": api_url}
+
+
+def sessions_files(leader: int, under: Path) -> set[str]:
+    """The files under `under` that a process's session (it and its children) holds open or mapped."""
+    held = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) != leader:
+                continue
+            paths = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            paths += [line.split(None, 5)[-1] for line in (proc / "maps").read_text().splitlines()
+                      if len(line.split(None, 5)) == 6]
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        held |= {path for path in paths if path.startswith(str(under))}
+    return held
 
 
 def geoloc(*args: str) -> list[str]:
@@ -148,8 +171,8 @@ def start_worker(env: dict, log_dir: Path, name: str = "worker") -> Service:
     return Service(name, geoloc("worker", "--concurrency", "1", "--log-level", "info"), env, log_dir)
 
 
-def start_api(env: dict, log_dir: Path) -> tuple[Service, str]:
-    port = free_port()
+def start_api(env: dict, log_dir: Path, port: int | None = None) -> tuple[Service, str]:
+    port = port or free_port()
     api = Service("api", geoloc("serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
                   env, log_dir)
     url = f"http://127.0.0.1:{port}"

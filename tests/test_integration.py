@@ -1,8 +1,10 @@
 """The whole platform as separate processes: redis-server, Celery workers and the API under uvicorn,
-spoken to over HTTP, sharing one embedded gallery on this host (see gallery/shared.py).
+spoken to over HTTP, on one embedded gallery that the API holds open and lends the workers through its
+internal routes (gallery/remote.py, GEOLOC_GALLERY_OWNER_URL).
 
 Real photos go in through the API, workers embed them, and the answers come back over HTTP; a worker
-killed with SIGKILL in the middle of a job loses nothing and duplicates nothing.
+killed with SIGKILL in the middle of a job loses nothing and duplicates nothing; no worker ever opens
+the gallery's files.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import httpx
 import pytest
 
 from geoloc.gallery.base import SearchFilter
-from geoloc.gallery.shared import SharedEdgeGallery
+from geoloc.gallery.remote import OwnedGalleryClient
 from geoloc.ingest.records import point_id, sha256_hex
-from tests.services import DATA, REPO, geoloc, manifest_rows, service_env, start_api, start_worker, wait_until
+from tests.services import (DATA, INTERNAL_TOKEN, REPO, beside, free_port, geoloc, manifest_rows, service_env,
+                            sessions_files, start_api, start_worker, wait_until)
 
 N_PHOTOS = 50
 TASK_TIME_LIMIT = 20  # seconds; a killed worker's batch comes back after 25 (the visibility timeout)
@@ -32,8 +35,11 @@ def stack(tmp_path_factory, redis_url):
                       GEOLOC_BATCH_SIZE=PHOTOS_PER_TASK)
     token = subprocess.run(geoloc("keys", "create", "--admin", "--name", "integration"), env=env, cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.strip()
-    state = {"env": env, "logs": logs, "home": home, "workers": [start_worker(env, logs)]}
-    api, url = start_api(env, logs)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    workers_env = beside(env, url)  # started first, the worker waits for the API on its first task
+    state = {"env": workers_env, "logs": logs, "home": home, "url": url, "workers": [start_worker(workers_env, logs)]}
+    api, _ = start_api(env, logs, port)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
     state.update(client=client, api=api)
     try:
@@ -86,7 +92,8 @@ def collection_counts(client: httpx.Client) -> dict[str, int]:
 def test_ready_with_gallery_and_broker(stack):
     response = stack["client"].get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"gallery": "ok", "broker": "ok"}
+    checks = response.json()["checks"]
+    assert (checks["gallery"], checks["broker"]) == ("ok", "ok"), checks
 
 
 def test_upload_follow_locate_prune_count(stack, photos):
@@ -144,7 +151,17 @@ def test_job_survives_a_killed_worker(stack, photos):
     assert job["state"] == "succeeded", job
     assert (job["done"], job["skipped"], job["failed"]) == (N_PHOTOS, 0, 0)  # no batch counted twice
 
-    gallery = SharedEdgeGallery(stack["home"] / "gallery")  # safe beside the running API and worker
-    ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=["killed"]))]
+    with OwnedGalleryClient(stack["url"], INTERNAL_TOKEN) as gallery:  # the store serving queries, via the API
+        ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=["killed"]), batch=7)]
     assert sorted(ids) == sorted(point_id("killed", r["sha256"]) for r in photos)
     assert collection_counts(client)["killed"] == N_PHOTOS
+
+
+def test_only_the_api_opens_the_gallery(stack):
+    """The workers ran every job above through the API: none of them holds or maps a file of the gallery."""
+    gallery_dir = stack["home"] / "gallery"
+    assert any("/shard/" in path for path in sessions_files(stack["api"].process.pid, gallery_dir))
+    for worker in stack["workers"]:
+        if worker.alive():
+            assert sessions_files(worker.process.pid, gallery_dir) == set(), worker.name
+    assert not (gallery_dir / "gallery.lock").exists()  # nothing took turns on the shard either
