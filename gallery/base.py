@@ -81,7 +81,18 @@ class SearchFilter:
     collections: Sequence[str] | None = None
     cell_ranges: Sequence[tuple[int, int]] | None = None
     radius: tuple[float, float, float] | None = None  # lat, lon, km
-    box: tuple[float, float, float, float] | None = None  # south, west, north, east
+    box: tuple[float, float, float, float] | None = None  # south, west, north, east; west > east crosses 180°
+
+
+def box_ranges(box: tuple[float, float, float, float]) -> tuple[tuple[float, float], list[tuple[float, float]]]:
+    """A box as an inclusive latitude range and the longitude ranges any of which a point must fall in.
+
+    Backends filter a box by plain ranges on the location's lat and lon rather than Qdrant's geo bounding
+    box, which drops points when a side lies on a pole or the box spans every longitude (measured on Edge).
+    """
+    south, west, north, east = box
+    lon_ranges = [(west, east)] if west <= east else [(west, 180.0), (-180.0, east)]
+    return (south, north), lon_ranges
 
 
 @dataclass

@@ -24,7 +24,6 @@ from qdrant_edge import (
     FacetRequest,
     FieldCondition,
     Filter,
-    GeoBoundingBox,
     GeoPoint,
     GeoRadius,
     HasIdCondition,
@@ -40,7 +39,8 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
-from geoloc.gallery.base import PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter, float_bounds
+from geoloc.gallery.base import (PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter, box_ranges,
+                                 float_bounds)
 from geoloc.gallery.faults import GalleryUnavailable, check_directory, describe, disk_faults, is_fault
 from geoloc.gallery.qdrant_base import QdrantGallery
 
@@ -73,9 +73,10 @@ def edge_filter(where: SearchFilter | None, ids: Sequence[str] | None = None) ->
             lat, lon, km = where.radius
             must.append(FieldCondition("location", geo_radius=GeoRadius(GeoPoint(lon=lon, lat=lat), km * 1000.0)))
         if where.box is not None:
-            south, west, north, east = where.box
-            must.append(FieldCondition("location", geo_bounding_box=GeoBoundingBox(
-                GeoPoint(lon=west, lat=north), GeoPoint(lon=east, lat=south))))
+            (south, north), lon_ranges = box_ranges(where.box)
+            must.append(FieldCondition("location.lat", range=RangeFloat(gte=south, lte=north)))
+            must.append(Filter(should=[FieldCondition("location.lon", range=RangeFloat(gte=w, lte=e))
+                                       for w, e in lon_ranges]))
     return Filter(must=must) if must else None
 
 

@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from geoloc.gallery.base import (PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, NoGallery,
-                                 SearchFilter, float_bounds)
+                                 SearchFilter, box_ranges, float_bounds)
 from geoloc.gallery.qdrant_base import QdrantGallery
 
 RESCORE = models.QuantizationSearchParams(rescore=True, oversampling=2.0)
@@ -44,9 +44,10 @@ def server_filter(where: SearchFilter | None, ids: Sequence[str] | None = None) 
             must.append(models.FieldCondition(key="location", geo_radius=models.GeoRadius(
                 center=models.GeoPoint(lat=lat, lon=lon), radius=km * 1000.0)))
         if where.box is not None:
-            south, west, north, east = where.box
-            must.append(models.FieldCondition(key="location", geo_bounding_box=models.GeoBoundingBox(
-                top_left=models.GeoPoint(lat=north, lon=west), bottom_right=models.GeoPoint(lat=south, lon=east))))
+            (south, north), lon_ranges = box_ranges(where.box)
+            must.append(models.FieldCondition(key="location.lat", range=models.Range(gte=south, lte=north)))
+            must.append(models.Filter(should=[
+                models.FieldCondition(key="location.lon", range=models.Range(gte=w, lte=e)) for w, e in lon_ranges]))
     return models.Filter(must=must) if must else None
 
 
