@@ -1,0 +1,191 @@
+"""Soak: the API under concurrent clients on /v1/locate for a minute, with the server's memory watched.
+
+    .venv/bin/python bench/load.py [--clients 16] [--seconds 60] [--gallery 500] [--queries 64]
+
+A fresh `geoloc serve` (uvicorn) on a free loopback port (GEOLOC_REQUIRE_KEYS=0), over a gallery of the dev
+manifest's first --gallery photos indexed into a fresh GEOLOC_HOME. --clients threads each POST one real dev
+photo after another (taken by photographers the gallery lacks) for --seconds, after a warm-up. Reported:
+requests sent in the measured window, errors over the whole run (any status but 200, or a failed
+connection: there must be none), throughput (answers/s), p50/p95/p99 latency, and the server's resident
+memory (VmRSS of its process and any children, sampled every second): once it accepts connections, when the
+measured window opens, at its end, and the peak. The clients run on the same cores as the server.
+Results: bench/results/load.json (or --out), with how much the shared machine disturbed each phase
+(`other_cores`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import Watch, prepare, server  # noqa: E402
+from bench.throughput import query_photos  # noqa: E402
+from geoloc.indexing import index_source  # noqa: E402
+from geoloc.runtime import Runtime  # noqa: E402
+from geoloc.settings import Settings  # noqa: E402
+
+WARM_UP_S = 5.0
+
+
+def _children(pid: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB (from /proc/PID/status)."""
+    total_kb, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        total_kb += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        todo += _children(current)
+    return round(total_kb / 1024, 1)
+
+
+def server_pid() -> int:
+    """The `geoloc serve` this process started (bench.harness.server keeps its handle to itself)."""
+    serving = [pid for pid in _children(os.getpid()) if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(serving) == 1, f"expected one `geoloc serve` child, found {serving}"
+    return serving[0]
+
+
+class Memory:
+    """The server's resident memory, sampled every `every_s` seconds on a thread, with labelled marks."""
+
+    def __init__(self, pid: int, every_s: float = 1.0):
+        self.pid, self.every_s, self.samples, self.marks = pid, every_s, [], {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.perf_counter()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.sample()
+
+    def sample(self) -> float:
+        rss = tree_rss_mb(self.pid)
+        self.samples.append((round(time.perf_counter() - self._start, 1), rss))
+        return rss
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = self.sample()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+
+
+def soak(client: httpx.Client, photos: list, clients: int, duration: float, memory: Memory) -> dict:
+    """`clients` threads, each POSTing one photo after another. Requests sent inside the measured window give
+    the rate and latencies; an error anywhere, warm-up included, counts."""
+    done: list[tuple[float, float, str | None]] = []  # (sent, seconds, failure) of every request
+    start = time.perf_counter()
+    measure_from, stop_at = start + WARM_UP_S, start + WARM_UP_S + duration
+
+    def run(i: int) -> None:
+        n = i
+        while (sent := time.perf_counter()) < stop_at:
+            name, data = photos[n % len(photos)]
+            n += clients
+            try:
+                response = client.post("/v1/locate", files={"photo": (name, data, "image/jpeg")})
+                failure = None if response.status_code == 200 else f"{response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            done.append((sent, time.perf_counter() - sent, failure))
+
+    def open_window() -> None:
+        time.sleep(max(0.0, measure_from - time.perf_counter()))
+        memory.mark("window_open")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)] + [threading.Thread(target=open_window)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    memory.mark("window_end")
+    window = [(seconds, failure) for sent, seconds, failure in done if sent >= measure_from]
+    ms = np.asarray([seconds for seconds, failure in window if failure is None]) * 1000
+    errors = [failure for _, _, failure in done if failure is not None]
+    return {"clients": clients, "seconds": duration, "requests": len(window), "errors": len(errors),
+            "requests_all": len(done), "first_errors": errors[:5], "requests_per_s": round(ms.size / duration, 2),
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
+            "max_ms": round(float(ms.max()), 1)}
+
+
+def run(args, work: Path) -> dict:
+    env = dict(os.environ, GEOLOC_HOME=str(work / "home"), GEOLOC_REQUIRE_KEYS="0")
+    os.environ["GEOLOC_HOME"] = env["GEOLOC_HOME"]  # Settings() reads it
+    manifest = Path(args.manifest)
+    gallery_csv, _ = prepare(manifest, args.gallery, work)
+    photos = query_photos(manifest, gallery_csv, args.queries)
+    watch = Watch()
+    with watch.phase("index"), Runtime(Settings()) as runtime:
+        indexed = index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings).indexed
+        model = runtime.embedder.model_id
+    with watch.phase("load"), server(env, work) as (client, up_s), Memory(server_pid()) as memory:
+        memory.mark("accepting")
+        result = soak(client, photos, args.clients, args.seconds, memory)
+    marks = memory.marks
+    return {"command": " ".join(["bench/load.py", *sys.argv[1:]]), "model": model, "gallery_photos": indexed,
+            "query_photos": len(photos), "warm_up_s": WARM_UP_S, "server_accepting_after_s": round(up_s, 2),
+            "phases": watch.phases, **result,
+            "rss_mb": {**marks, "peak": max(rss for _, rss in memory.samples),
+                       "growth_in_window": round(marks["window_end"] - marks["window_open"], 1)},
+            "rss_samples": memory.samples}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", default=str(ROOT.parent / "shared/data/im2gps3k-dev/manifest.csv"))
+    parser.add_argument("--gallery", type=int, default=500, help="photos indexed before the soak")
+    parser.add_argument("--queries", type=int, default=64, help="distinct query photos the clients cycle through")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured time, after the warm-up")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/load.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="geoloc-bench-") as work:
+        result = run(args, Path(work))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    rss = result["rss_mb"]
+    print(f"gallery {result['gallery_photos']} photos, {result['query_photos']} query photos, {result['model']}; "
+          f"phases {result['phases']}")
+    print("| clients | s | requests | errors | req/s | p50 ms | p95 ms | p99 ms | RSS open -> end MiB | peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    r = result
+    print(f"| {r['clients']} | {r['seconds']:.0f} | {r['requests']} | {r['errors']} | {r['requests_per_s']:.1f} | "
+          f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
+          f"{rss['window_open']:.0f} -> {rss['window_end']:.0f} ({rss['growth_in_window']:+.0f}) | {rss['peak']:.0f} |")
+    if result["errors"]:
+        sys.exit(f"{result['errors']} requests failed: {result['first_errors']}")
+
+
+if __name__ == "__main__":
+    main()
