@@ -71,8 +71,8 @@ def test_photos_past_the_quota_are_429_and_a_refused_batch_costs_none(tmp_path, 
 
 def test_quotas_are_shared_by_api_processes_through_the_brokers_redis(tmp_path, embedder, redis_url):
     with ExitStack() as stack:
-        first, keys = stack.enter_context(api(tmp_path, embedder, broker_url=redis_url))
-        second, _ = stack.enter_context(api(tmp_path, embedder, broker_url=redis_url))
+        first, keys = stack.enter_context(api(tmp_path, embedder, broker_url=redis_url, gallery_shared=True))
+        second, _ = stack.enter_context(api(tmp_path, embedder, broker_url=redis_url, gallery_shared=True))
         _, token = keys.create("reader", ["news"], requests_per_minute=4)
         statuses = [client.get("/v1/collections", headers=bearer(token)).status_code
                     for client in (first, second, first, second, first, second)]
