@@ -139,8 +139,9 @@ class EdgeGallery(QdrantGallery):
         except Exception as e:
             if "WouldBlock" in str(e):
                 raise GalleryUnavailable(
-                    f"the gallery at {self.path} is open in another process: close it first, or share the gallery "
-                    f"between processes (GEOLOC_GALLERY_SHARED, or one Qdrant server: GEOLOC_QDRANT_URL)") from e
+                    f"the gallery at {self.path} is open in another process: if a serving API holds it, send it "
+                    f"this process's gallery operations (GEOLOC_GALLERY_OWNER_URL), else close it first (or use one "
+                    f"Qdrant server: GEOLOC_QDRANT_URL)") from e
             if is_fault(e):
                 raise
             raise GalleryError(f"cannot open the gallery at {self.path}: {e}") from e
