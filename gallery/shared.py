@@ -1,12 +1,14 @@
-"""The embedded gallery shared by several processes on one host, one operation at a time.
+"""The embedded gallery taken in turns by several processes on one host when none of them holds it open.
 
-A Qdrant Edge shard can be held open by one process only (Edge locks its write-ahead log), so an API
-and workers on the same host cannot each keep it open. Here every operation takes an exclusive lock on
-a file beside the shard, loads the shard, runs, flushes and closes. Each operation therefore pays a
-shard load and a flush: about 0.2 s for a few thousand points and over a second at 50k, growing with
-the gallery. It keeps one host correct (tests, a small single-machine deployment); workers at scale
-share a Qdrant server instead (GEOLOC_QDRANT_URL). The lock (filelock: flock on Unix) is not reliable
-on network file systems: every process must run on the host that holds the gallery directory.
+A Qdrant Edge shard can be held open by one process only (Edge locks its write-ahead log). When an API
+serves, it holds the shard and the workers and commands beside it send it their operations
+(gallery.remote, GEOLOC_GALLERY_OWNER_URL): no operation reloads the shard. This per-operation mode stays
+for hosts where no process can own the gallery: several peer processes, none of them a serving API (a
+script running geoloc commands side by side, or several API processes over one data home). It is asked
+for explicitly (GEOLOC_GALLERY_SHARED). Every operation takes an exclusive lock on a file beside the shard,
+loads the shard, runs, flushes and closes, so each pays a shard load and a flush: about 0.1 s at 1,000
+points and a second at 50,000, growing with the gallery. The lock (filelock: flock on Unix) is not
+reliable on network file systems: every process must run on the host that holds the gallery directory.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The embedded gallery shared by processes on one host: Edge itself lets one process hold the shard,
-SharedEdgeGallery serialises whole operations under a file lock so several can take turns."""
+"""The embedded gallery taken in turns by peer processes on one host with no API holding it
+(GEOLOC_GALLERY_SHARED): Edge itself lets one process hold the shard, SharedEdgeGallery serialises whole
+operations under a file lock so several can take turns. With a serving API, see test_owned_gallery.py."""
 
 from __future__ import annotations
 

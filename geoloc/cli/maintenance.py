@@ -37,6 +37,6 @@ def register(sub) -> None:
                                 "unfinished job needs, once older than GEOLOC_SPOOL_MAX_AGE seconds, or sooner, "
                                 "oldest first, while together they weigh more than GEOLOC_SPOOL_MAX_BYTES. The "
                                 "API also sweeps when it starts. Needs the gallery: with an embedded one, run it "
-                                "while no server holds it, or share it (GEOLOC_GALLERY_SHARED).")
+                                "while no server holds it, or beside the serving API (GEOLOC_GALLERY_OWNER_URL).")
     s.add_argument("--max-age", type=int, help="seconds (default GEOLOC_SPOOL_MAX_AGE, 3600)")
     s.add_argument("--max-bytes", type=int, help="bytes (default GEOLOC_SPOOL_MAX_BYTES, 1 GiB)")
