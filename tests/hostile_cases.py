@@ -28,9 +28,15 @@ def _device(path: Path) -> None:
     os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero's numbers, inside the root
 
 
-def _unreadable(path: Path, kit: Kit) -> None:
-    path.write_bytes(kit.photos.photo())
-    path.chmod(0)
+def _locked(d: Path, kit: Kit) -> dict:
+    (d / "locked.jpg").write_bytes(kit.photos.photo())
+    (d / "locked.jpg").chmod(0)
+    return {"locked.jpg": UNREADABLE}
+
+
+def _half(kit: Kit) -> bytes:
+    data = kit.photos.noisy_jpeg()
+    return data[: len(data) // 2]
 
 
 def _escapes(d: Path, kit: Kit) -> dict:
@@ -97,7 +103,7 @@ INVALID = "invalid_coordinates"
 
 CASES = [
     one("good_jpeg", "ok.jpg", photo()),
-    one("truncated_jpeg", "cut.jpg", lambda kit: (lambda b: b[: len(b) // 2])(kit.photos.noisy_jpeg()), UNDECODABLE),
+    one("truncated_jpeg", "cut.jpg", _half, UNDECODABLE),
     one("corrupt_jpeg_tables", "tables.jpg", lambda kit: jpeg_bad_tables(kit.photos.noisy_jpeg()), UNDECODABLE),
     one("jpeg_marker_then_garbage", "garbage.jpg", lambda kit: b"\xff\xd8\xff\xe0" + os.urandom(512), UNDECODABLE),
     one("zero_byte_file", "empty.jpg", lambda kit: b"", "empty_file"),
@@ -125,7 +131,8 @@ CASES = [
     one("extreme_aspect_ratio", "sliver.png", photo(fmt="PNG", size=(1, 4000)), "extreme_aspect_ratio"),
     one("cmyk_jpeg", "cmyk.jpg", photo(mode="CMYK")),
     one("sixteen_bit_png", "deep.png", photo(fmt="PNG", mode="I;16")),
-    files_case("palette_and_alpha", File("p.png", photo(fmt="PNG", mode="P")), File("la.png", photo(fmt="PNG", mode="LA")),
+    files_case("palette_and_alpha", File("p.png", photo(fmt="PNG", mode="P")),
+               File("la.png", photo(fmt="PNG", mode="LA")),
                File("rgba.webp", photo(fmt="WEBP", mode="RGBA"))),
     files_case("exif_orientation", File("turned.jpg", photo(orientation=6)), File("bogus.jpg", photo(orientation=9))),
     one("trailing_garbage", "tail.jpg", lambda kit: kit.photos.photo() + os.urandom(256)),
@@ -137,7 +144,8 @@ CASES = [
     one("coordinates_given", "placed.jpg", photo(lat=None), lat="12.5", lon="-3.25", folder=EXIF_ONLY),
     gps("gps_zero_denominators", "invalid_gps", {1: "N", 2: (IFDRational(10, 0), 0.0, 0.0), 3: "E", 4: E},
         {1: "N", 2: (10.0, IFDRational(5, 0), 0.0), 3: "E", 4: E}),
-    files_case("gps_degrees_0_0", File("deg.jpg", photo(gps={1: "N", 2: (ZERO, 0.0, 0.0), 3: "E", 4: E}), "invalid_gps"),
+    files_case("gps_degrees_0_0",
+               File("deg.jpg", photo(gps={1: "N", 2: (ZERO, 0.0, 0.0), 3: "E", 4: E}), "invalid_gps"),
                File("min.jpg", photo(gps={1: "N", 2: (10.0, ZERO, ZERO), 3: "E", 4: E}))),
     gps("gps_unknown_reference", "invalid_gps", {1: "X", 2: N, 3: "E", 4: E}, {1: "N", 2: N, 3: "Q", 4: E},
         {1: "NS", 2: N, 3: "E", 4: E}),
@@ -163,20 +171,23 @@ CASES = [
     symlinks("symlink_to_proc_mem", lambda d, kit: {"mem.jpg": ("/proc/self/mem", ("unreadable_file",
                                                                                   "outside_import_root"))}),
     symlinks("dangling_symlink", lambda d, kit: {"gone.jpg": (d / "never.jpg", "missing_file")}),
-    symlinks("symlink_loop", lambda d, kit: {"a.jpg": ("b.jpg", "unreadable_file"), "b.jpg": ("a.jpg", "unreadable_file")}),
+    symlinks("symlink_loop", lambda d, kit: {"a.jpg": ("b.jpg", "unreadable_file"),
+                                             "b.jpg": ("a.jpg", "unreadable_file")}),
     special("fifo", os.mkfifo, "pipe.jpg", "not_a_regular_file"),
     special("unix_socket", _socket, "sock.jpg", "not_a_regular_file"),
     special("device_node", _device, "dev.jpg", "not_a_regular_file"),
     Case("directory_named_jpg", _directories, _directory_rows, NOT_BYTES),
-    Case("unreadable_chmod_000", lambda d, kit: (_unreadable(d / "locked.jpg", kit), {"locked.jpg": UNREADABLE})[1],
-         lambda d, kit: (_unreadable(d / "locked.jpg", kit), [Row("locked.jpg", expect=UNREADABLE)])[1], NOT_BYTES),
+    Case("unreadable_chmod_000", _locked, lambda d, kit: [Row(n, expect=e) for n, e in _locked(d, kit).items()],
+         NOT_BYTES),
     Case("missing_file", MANIFEST_ONLY, lambda d, kit: [Row("nowhere.jpg", "1", "1", "missing_file")], NOT_BYTES),
     Case("empty_filename", MANIFEST_ONLY, lambda d, kit: [Row("", "1", "1", "unsupported_type", ROW)],
-         NA("an empty file name makes the part a plain form field: the request is refused (test below)")),
+         NA("an empty file name makes the part a plain form field: the whole request is refused "
+            "(test_an_upload_refused_as_a_whole_adds_nothing)")),
     Case("missing_and_extra_cells", MANIFEST_ONLY,
          lambda d, kit: _rows_of(d, kit, [Row("r0.jpg", None, None), Row("r1.jpg", "5", None, INVALID),
                                           Row("r2.jpg", "1", "2", extra=("x", "y"))], 3),
-         NA("the form sends one lat and one lon per photo, or none: a mismatch refuses the request (test below)")),
+         NA("the form sends one lat and one lon per photo, or none: a mismatch refuses the whole request "
+            "(test_an_upload_refused_as_a_whole_adds_nothing)")),
     Case("duplicate_rows", MANIFEST_ONLY,
          lambda d, kit: _rows_of(d, kit, [Row("r0.jpg", "1", "1"), Row("r0.jpg", "1", "1", "duplicate_photo")], 1),
          _duplicate_parts),

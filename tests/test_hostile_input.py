@@ -7,7 +7,8 @@ fails the test; no import roots: the command line reads the user's own disk), a 
 (`POST /v1/collections/{name}/images`) and an import of a folder or a manifest under GEOLOC_IMPORT_ROOTS
 (`POST /v1/collections/{name}/imports`). The command line indexes the whole corpus in one run per source
 (each case's photos under `<kind>/`); the API gives each case and path a collection of its own, so its count
-is the case's alone. One API app and two CLI runs serve the whole module.
+is the case's alone. One API app and two CLI runs serve the whole module. Where a kind cannot reach a path
+(a FIFO cannot be uploaded), the case table says why.
 """
 
 from __future__ import annotations
