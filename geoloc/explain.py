@@ -120,8 +120,10 @@ def _scorer(locator: Locator, answer: Answer) -> tuple[str, Scorer]:
     support = rested_on(locator, answer)
     if not support:
         raise LocateError("the answer rests on no reference photo: there is nothing to explain")
-    hits = locator.gallery.retrieve([n.id for n in support])
-    references = np.stack([h.vector for h in hits if h.vector is not None]).astype(np.float32)
+    vectors = [h.vector for h in locator.gallery.retrieve([n.id for n in support]) if h.vector is not None]
+    if not vectors:
+        raise LocateError("the reference photos the answer rests on were removed meanwhile: ask again")
+    references = np.stack(vectors).astype(np.float32)
     references /= np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-12)
     return "retrieval", lambda features: (locator.embedder.vectors(features) @ references.T).mean(axis=1)
 
