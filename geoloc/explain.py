@@ -32,6 +32,7 @@ GRID_RANGE = (3, 16)
 # pixels (a long panorama's copies stay small in memory)
 WORKING_SIDE, WORKING_PIXELS = 512, 1 << 20
 TARGETS = ("retrieval", "cell")
+NOISE = 1e-5  # scores are float32 similarities or probabilities: differences under this are rounding
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # backbone features (n, d) -> the score explained, (n,)
 
@@ -67,8 +68,9 @@ def explain(image: Image.Image, locator: Locator, grid: int = DEFAULT_GRID) -> E
 
 
 def normalised(drops: np.ndarray) -> np.ndarray:
-    """Drops clipped at zero and scaled so the largest is 1 (all zeros when nothing lowers the score)."""
-    positive = np.clip(drops, 0.0, None)
+    """Drops clipped at zero and scaled so the largest is 1 (all zeros when nothing lowers the score). Drops
+    within float rounding of zero count as zero: scaling must not blow rounding noise up to a heat map."""
+    positive = np.where(drops > NOISE, drops, 0.0)
     top = float(positive.max(initial=0.0))
     return positive / top if top > 0 else np.zeros_like(positive)
 

@@ -48,6 +48,7 @@ def test_cells_tile_the_photo_and_importances_are_scaled_drops():
     assert (pixels[2:5, 2:5] == (1, 2, 3)).all() and (pixels.sum(axis=2) == 3 * 255).sum() == 70 - 9
     assert np.array_equal(normalised(np.array([[0.2, -0.1], [0.1, 0.0]])), [[1.0, 0.0], [0.5, 0.0]])
     assert not normalised(np.array([[-0.2, 0.0]])).any()
+    assert not normalised(np.array([[3e-7, -1e-3]])).any()  # rounding noise is no heat
     assert covered(Image.new("RGB", (2, 2)), (1, 1, 1, 2), (9, 9, 9)).getpixel((1, 1)) == (0, 0, 0)  # empty cell
 
 
