@@ -24,6 +24,7 @@ import pytest
 from geoloc.gallery.base import GalleryPoint, make_payload
 from geoloc.gallery.edge import EdgeGallery
 from geoloc.ingest.records import point_id, sha256_hex
+from geoloc.ingest.sources import load_photo
 from tests.api_helpers import MAX_BATCH, MAX_PHOTO_BYTES, expect_error, follow, serving, where
 from tests.hostile_cases import BROKEN_MANIFESTS, CASES, write_broken_manifest
 from tests.hostile_corpus import INDEXED, PATHS, build_corpus, not_applicable
@@ -248,3 +249,10 @@ def test_locate_refuses_a_sliver_at_once(corpus_api):
     response = finishes(lambda: corpus_api["client"].post("/v1/locate", files={"photo": ("s.png", sliver, "image/png")},
                                                           headers=corpus_api["admin"]))
     assert expect_error(response, 422)["code"] == "extreme_aspect_ratio"
+
+
+@pytest.mark.parametrize("size,reason", [((1, 50), None), ((50, 1), None), ((1, 51), "extreme_aspect_ratio"),
+                                         ((2, 101), "extreme_aspect_ratio"), ((1000, 20), None)])
+def test_the_aspect_bound_is_fifty_to_one(size, reason):
+    record = load_photo("p", Photos().photo(size=size, fmt="PNG"))
+    assert getattr(record, "reason", None) == reason
