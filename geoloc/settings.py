@@ -88,9 +88,8 @@ class Settings(BaseSettings):
     # seconds, and sooner, oldest first, while together they weigh more than spool_max_bytes
     spool_max_age: Count = 3600
     spool_max_bytes: Count = 1 << 30
-    # torch CPU threads, set once when a server starts; default: the cores this process may run on
-    torch_threads: Count = Field(default_factory=lambda: len(os.sched_getaffinity(0))
-                                 if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    # torch CPU threads, set once when a server starts; default: OMP_NUM_THREADS when set, else the cores
+    torch_threads: Count = Field(default_factory=lambda: _default_threads())
     # the API runs photos of concurrent locate/similar requests through the encoder together: at most this many
     # at once, waiting at most this long for more once several requests are seen to arrive together
     serve_batch_photos: Count = 16
@@ -177,6 +176,14 @@ class Settings(BaseSettings):
     @property
     def audit_path(self) -> Path:
         return self.home / "audit.jsonl"
+
+
+def _default_threads() -> int:
+    """OMP_NUM_THREADS when set (what torch itself would use), else the cores this process may run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _problem(error: dict) -> str:
