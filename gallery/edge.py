@@ -1,9 +1,11 @@
 """The embedded gallery: one Qdrant Edge shard on local disk (qdrant-edge-py, Qdrant's engine in-process).
 
 Edge has no background optimizer: upserts land in plain segments, searchable at once, and only
-`optimize()` builds HNSW (minutes per 100k points: a maintenance job). Filtered searches ask for exact
-scoring, which the payload indexes keep fast: they are created with the shard, before any upsert, so
-the filter selects the cell's points before any vector is scored.
+`optimize()` builds HNSW (minutes per 100k points). Edge's own optimize holds the shard and the interpreter
+for that long, so the index is built on a copy by another process and swapped in (gallery.edge_index), by
+`geoloc maintenance index`, the API's index job, or on its own after GEOLOC_INDEX_AFTER_UPSERTS upserts.
+Filtered searches ask for exact scoring, which the payload indexes keep fast: they are created with the
+shard, before any upsert, so the filter selects the cell's points before any vector is scored.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import functools
 import json
 import logging
 import os
+import shutil
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,11 +33,15 @@ from qdrant_edge import (
     HasIdCondition,
     IntegerIndexParams,
     MatchAny,
+    Memory,
     PayloadSchemaType,
     Point,
     Query,
+    QuantizationSearchParams,
     QueryRequest,
     RangeFloat,
+    ScalarQuantizationConfig,
+    ScalarType,
     ScrollRequest,
     SearchParams,
     UpdateOperation,
@@ -43,11 +51,13 @@ from geoloc.gallery.base import (PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoG
                                  float_bounds)
 from geoloc.gallery.faults import GalleryUnavailable, check_directory, describe, disk_faults, is_fault
 from geoloc.gallery.qdrant_base import QdrantGallery
+from geoloc.settings import GalleryTuning
 
 log = logging.getLogger(__name__)
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
+OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaced, until the swap is done
 
 _INDEX_SCHEMAS = {
     "keyword": PayloadSchemaType.Keyword,
@@ -91,7 +101,7 @@ def _on_disk(method: Callable) -> Callable:
     def guarded(self: EdgeGallery, *args, **kwargs):
         if self._closed:
             raise GalleryError(f"the gallery at {self.path} is closed")
-        with disk_faults(self.path):
+        with self._using, disk_faults(self.path):
             self._follow_directory()
             return method(self, *args, **kwargs)
 
@@ -103,11 +113,23 @@ class EdgeGallery(QdrantGallery):
 
     `dim=None` opens an existing gallery whatever its dimension (listing, deleting); creating one needs it.
     Only one process may hold the gallery open at a time: Edge locks its write-ahead log.
+    `tuning` (default: read from the environment, settings.GalleryTuning): `hnsw_ef`, the candidates an HNSW
+    search keeps; `index_after_upserts`, the upserted points after which the index is built again on its own.
+    `int8`: a new shard keeps int8 scalar-quantized copies of the vectors in RAM, searched first and rescored
+    with the float32 originals, which stay on disk; an existing shard keeps the layout it was made with.
     """
 
-    def __init__(self, path: str | Path, dim: int | None = None):
+    def __init__(self, path: str | Path, dim: int | None = None, *, tuning: GalleryTuning | None = None,
+                 int8: bool = False):
+        from geoloc.gallery.edge_index import IndexBuilder
+
         self.path = Path(path)
         self.dim = dim
+        tuning = tuning or GalleryTuning()
+        self.hnsw_ef, self.int8 = tuning.hnsw_ef, int8
+        self._using, self._writing = threading.RLock(), threading.Lock()  # every shard call; every write
+        self._journal: list | None = None  # writes made while a copy of the shard is being indexed
+        self.index = IndexBuilder(self, tuning.index_after_upserts)
         self._shard: EdgeShard | None = None
         self._closed = False
         self._open(create=True)
@@ -131,11 +153,12 @@ class EdgeGallery(QdrantGallery):
 
     def _load_shard(self) -> EdgeShard:
         shard_dir = self.path / SHARD_DIR
+        if (self.path / OLD_SHARD_DIR).is_dir() and not shard_dir.exists():  # stopped in the middle of a swap
+            os.replace(self.path / OLD_SHARD_DIR, shard_dir)
         try:
             if shard_dir.is_dir() and any(shard_dir.iterdir()):
                 return EdgeShard.load(str(shard_dir))
-            config = EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=self.dim, distance=Distance.Cosine)})
-            return EdgeShard.create(str(shard_dir), config)
+            return EdgeShard.create(str(shard_dir), self._config())
         except Exception as e:
             if "WouldBlock" in str(e):
                 raise GalleryUnavailable(
@@ -145,6 +168,18 @@ class EdgeGallery(QdrantGallery):
             if is_fault(e):
                 raise
             raise GalleryError(f"cannot open the gallery at {self.path}: {e}") from e
+
+    def _config(self) -> EdgeConfig:
+        if not self.int8:
+            return EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=self.dim, distance=Distance.Cosine)})
+        vectors = EdgeVectorParams(size=self.dim, distance=Distance.Cosine, memory=Memory.Cold)
+        return EdgeConfig(vectors={VECTOR_NAME: vectors}, quantization_config=ScalarQuantizationConfig(
+            ScalarType.Int8, quantile=0.99, memory=Memory.Pinned))
+
+    def _search_params(self, exact: bool) -> SearchParams:
+        """Quantized vectors, where the shard has them, only pick candidates: the originals rank them."""
+        return SearchParams(exact=exact, hnsw_ef=self.hnsw_ef,
+                            quantization=QuantizationSearchParams(rescore=True, oversampling=2.0))
 
     def _read_or_write_dim(self, dim: int | None, create: bool) -> int:
         meta = self.path / META_FILE
@@ -197,15 +232,28 @@ class EdgeGallery(QdrantGallery):
     def _match_all() -> Filter:
         return Filter()
 
+    def upsert(self, points) -> None:
+        with self._writing:
+            super().upsert(points)
+        self.index.noticed(len(points))
+
+    def delete(self, where: SearchFilter | None = None, ids: Sequence[str] | None = None) -> int:
+        with self._writing:
+            return super().delete(where, ids)
+
+    def _write(self, operation: UpdateOperation) -> None:
+        self._shard.update(operation)
+        if self._journal is not None:
+            self._journal.append(operation)
+
     @_on_disk
     def _upsert_batch(self, batch: list[tuple[str, list[float], dict]]) -> None:
-        points = [Point(id_, {VECTOR_NAME: vector}, payload) for id_, vector, payload in batch]
-        self._shard.update(UpdateOperation.upsert_points(points))
+        self._write(UpdateOperation.upsert_points([Point(id_, {VECTOR_NAME: v}, p) for id_, v, p in batch]))
 
     @_on_disk
     def _query(self, vector: list[float], k: int, flt: Filter | None, exact: bool) -> list:
         return self._shard.query(QueryRequest(limit=k, query=Query.Nearest(vector, using=VECTOR_NAME), filter=flt,
-                                              with_payload=True, params=SearchParams(exact=exact)))
+                                              with_payload=True, params=self._search_params(exact)))
 
     @_on_disk
     def _count(self, flt: Filter | None) -> int:
@@ -217,7 +265,7 @@ class EdgeGallery(QdrantGallery):
 
     @_on_disk
     def _delete(self, flt: Filter) -> None:
-        self._shard.update(UpdateOperation.delete_points_by_filter(flt))
+        self._write(UpdateOperation.delete_points_by_filter(flt))
 
     @_on_disk
     def _scroll_page(self, flt: Filter | None, offset, limit: int, with_vectors: bool) -> tuple[list, object]:
@@ -228,14 +276,54 @@ class EdgeGallery(QdrantGallery):
     def _retrieve(self, ids: list[str]) -> list:
         return self._shard.retrieve(ids, with_payload=True, with_vector=True)
 
-    @_on_disk
     def optimize(self) -> None:
-        """Merge segments and build HNSW; blocks until done (minutes per 100k points)."""
-        self._shard.optimize()
+        """Merge segments and build HNSW, searches going on meanwhile; returns when the new index serves."""
+        self.index.build()
+
+    @_on_disk
+    def _flush(self) -> None:
+        self._shard.flush()
+
+    def _copy_shard(self, to: Path) -> None:
+        """Copy the shard for an index build (writes wait meanwhile, searches go on); journal later writes."""
+        with self._writing:
+            self._flush()
+            shutil.copytree(self.path / SHARD_DIR, to)
+            self._journal = []
+
+    def _drop_journal(self) -> None:
+        with self._writing:
+            self._journal = None
+
+    def _swap_in(self, built: Path) -> None:
+        """Serve from the shard in `built` (a copy of this one, indexed), with the writes made since the copy."""
+        live, old = self.path / SHARD_DIR, self.path / OLD_SHARD_DIR
+        with self._writing, self._using, disk_faults(self.path):
+            journal, self._journal = self._journal or [], None
+            self._shard.flush()
+            self._shard.close()
+            os.replace(live, old)
+            os.replace(built, live)
+            try:
+                self._shard = EdgeShard.load(str(live))
+            except Exception:
+                os.replace(live, built)
+                os.replace(old, live)
+                self._shard = EdgeShard.load(str(live))
+                raise
+            for operation in journal:
+                self._shard.update(operation)
+            self._shard.flush()
+        shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         """Flush and release the shard (and its lock); a later open finds every upsert. With the gallery
         directory gone there is nothing left to flush into: the shard is released all the same."""
+        self.index.stop()
+        with self._using:
+            self._release()
+
+    def _release(self) -> None:
         shard, self._shard, self._closed = self._shard, None, True
         if shard is None:
             return

@@ -26,6 +26,7 @@ from geoloc.gallery.base import Gallery, GalleryError, GalleryPoint, Hit, Search
 from geoloc.embedding import Embedder
 from geoloc.indexing import index_records
 from geoloc.job_store import JobStore, Outcome, cancelled_outcome
+from geoloc.maintenance_index import TASK as INDEX_TASK, index_gallery
 from geoloc.retention import release_quietly
 from geoloc.settings import Settings
 from geoloc.imports import check_import_path, plan_import
@@ -197,6 +198,7 @@ TASKS = {
     "geoloc.prune_region": prune_region,
     "geoloc.prune_unplaceable": prune_unplaceable,
     "geoloc.reembed_batch": reembed_batch,
+    INDEX_TASK: index_gallery,
 }
 
 

@@ -38,7 +38,19 @@ Count = Annotated[int, Field(ge=1)]  # a size, limit or count where zero makes n
 Seconds = Annotated[float, Field(gt=0)]
 
 
-class Settings(BaseSettings):
+class GalleryTuning(BaseSettings):
+    """The embedded gallery's search and index knobs: read by the gallery itself when it opens (gallery.edge),
+    and part of Settings, so that every entry point checks them."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True)
+
+    # candidates an unfiltered HNSW search keeps (unset: the engine's default, 100): README "Speed"
+    hnsw_ef: Count | None = None
+    # rebuild the embedded gallery's vector index (in the background) after this many upserted photos; 0: never
+    index_after_upserts: Annotated[int, Field(ge=0)] = 20_000
+
+
+class Settings(GalleryTuning):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, validate_assignment=True)
 
     # all state (gallery, reports, bundles, keys, jobs) lives under one directory, created on first use

@@ -12,7 +12,7 @@ from geoloc import __version__
 from geoloc.settings import Settings
 from geoloc.search_api import audit_requests, errors, privacy, quotas, site
 from geoloc.search_api.limits import BodyLimit, mib
-from geoloc.search_api.routes import collections, explain, health, internal, jobs, query, thumbnails
+from geoloc.search_api.routes import collections, explain, health, internal, jobs, maintenance, query, thumbnails
 from geoloc.search_api.services import Services, build_services
 
 DESCRIPTION = """
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     audit_requests.install(app)  # outside the body limit: refusals are audited too
     privacy.install(app, settings)
     quotas.install(app, settings)
-    for module in (query, explain, collections, thumbnails, jobs):
+    for module in (query, explain, collections, thumbnails, jobs, maintenance):
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(internal.router)  # the embedded gallery lent to workers (GEOLOC_GALLERY_OWNER_URL)

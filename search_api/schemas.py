@@ -261,7 +261,7 @@ class Job(BaseModel):
         "error": None, "created": "2024-05-02T09:13:00+00:00", "started": "2024-05-02T09:13:01+00:00",
         "finished": None, "batches": 2, "batches_done": 1, "owner": "3f2a9c1b0d4e"})
     id: str
-    kind: Literal["upload", "import", "prune", "reembed"]
+    kind: Literal["upload", "import", "prune", "reembed", "index"]
     collection: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
         description="failed: finished, but some photos failed (see reasons) or a batch could not run (error); "

@@ -1,8 +1,9 @@
-"""`geoloc maintenance`: keeping the data home tidy. `sweep` removes stored originals nothing needs."""
+"""`geoloc maintenance`: keeping the data home tidy. `sweep` removes stored originals nothing needs; `index`
+builds the gallery's vector index."""
 
 from __future__ import annotations
 
-from geoloc.cli.common import add_command, add_group, print_json, settings_from
+from geoloc.cli.common import add_command, add_group, print_json, result, settings_from
 
 
 def _mib(size: int) -> str:
@@ -29,8 +30,19 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    from geoloc.maintenance_index import build_indexes
+    from geoloc.runtime import Runtime
+
+    with Runtime(settings_from(args)) as runtime:
+        built = build_indexes(runtime.every_store())
+    seconds = sum(store["seconds"] for store in built["stores"])
+    result(args, built, f"indexed {built['points']} photos in {len(built['stores'])} store(s) in {seconds:.1f} s")
+    return 0
+
+
 def register(sub) -> None:
-    tasks = add_group(sub, "maintenance", help="keep the data home tidy (geoloc maintenance sweep)")
+    tasks = add_group(sub, "maintenance", help="keep the data home tidy (geoloc maintenance sweep, index)")
     s = add_command(tasks, "sweep", cmd_sweep,
                     help="remove stored photo originals that no photo and no unfinished job needs",
                     description="Removes the copies in the spool that no photo of any model's store and no "
@@ -40,3 +52,9 @@ def register(sub) -> None:
                                 "while no server holds it, or beside the serving API (GEOLOC_GALLERY_OWNER_URL).")
     s.add_argument("--max-age", type=int, help="seconds (default GEOLOC_SPOOL_MAX_AGE, 3600)")
     s.add_argument("--max-bytes", type=int, help="bytes (default GEOLOC_SPOOL_MAX_BYTES, 1 GiB)")
+    add_command(tasks, "index", cmd_index, help="build the gallery's vector index (HNSW) of every model's store",
+                description="Builds the HNSW index of every model's store, as the embedded gallery does on its own "
+                            "after GEOLOC_INDEX_AFTER_UPSERTS upserted photos: on a copy, by another process, so "
+                            "that searches go on meanwhile (a Qdrant server indexes by itself: nothing to do). "
+                            "With an embedded gallery held by a serving API (GEOLOC_GALLERY_OWNER_URL), that API "
+                            "builds it; POST /v1/maintenance/index does the same as a job.")

@@ -1,0 +1,119 @@
+"""Building the embedded gallery's vector index while it serves.
+
+Edge's `optimize()` (merge segments, build HNSW) holds the shard and the Python interpreter lock for as long
+as it runs, minutes per 100k photos: every thread of the process, searches included, would wait that long
+(measured: bench/gallery_scale.py). So the shard is copied (writes wait meanwhile, searches go on), the copy
+optimized by another process, and swapped in; writes made meanwhile are journaled and replayed onto it.
+Searches pause only for the swap: as long as loading a shard.
+
+`python -m geoloc.gallery.edge_index SHARD_DIR` optimizes the shard in SHARD_DIR: what that process runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from geoloc.gallery.base import GalleryError
+
+if TYPE_CHECKING:
+    from geoloc.gallery.edge import EdgeGallery
+
+log = logging.getLogger(__name__)
+
+BUILD_DIR = "shard.next"  # the copy being indexed
+
+
+class IndexBuilder:
+    """Builds the index of one gallery, one build at a time; starts one on its own (in a thread) once
+    `after_upserts` points were upserted since the last (0: never)."""
+
+    def __init__(self, gallery: EdgeGallery, after_upserts: int):
+        self.gallery, self.after_upserts = gallery, after_upserts
+        self.upserts = 0  # points upserted since the last build started
+        self.builds = 0  # builds that swapped in an index
+        self.last: dict | None = None  # what the last build did
+        self._one = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen | None = None
+        self._stopping = False
+        self._starting = threading.Lock()
+
+    def noticed(self, points: int) -> None:
+        """Count upserted points; past the threshold, start a build in the background unless one runs."""
+        with self._starting:
+            self.upserts += points
+            if not self.after_upserts or self.upserts < self.after_upserts or self.running or self._stopping:
+                return
+            self._thread = threading.Thread(target=self._build_quietly, name="geoloc-index", daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the build started in the background, if any, is done."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _build_quietly(self) -> None:
+        try:
+            self.build()
+        except Exception as exc:  # a background build that fails leaves the old index serving
+            log.warning("building the gallery index at %s failed: %s", self.gallery.path, exc)
+
+    def build(self) -> dict:
+        """Copy, index the copy in another process, swap it in; what it did (points, seconds)."""
+        with self._one:
+            if self._stopping:
+                raise GalleryError(f"the gallery at {self.gallery.path} is closing")
+            started, self.upserts = time.perf_counter(), 0
+            gallery, copy = self.gallery, self.gallery.path / BUILD_DIR
+            shutil.rmtree(copy, ignore_errors=True)
+            gallery._copy_shard(copy)
+            try:
+                self._optimize_apart(copy)
+                gallery._swap_in(copy)
+            except BaseException:
+                gallery._drop_journal()
+                shutil.rmtree(copy, ignore_errors=True)
+                raise
+            self.builds += 1
+            self.last = {"points": gallery.count(), "seconds": round(time.perf_counter() - started, 2)}
+            return self.last
+
+    def _optimize_apart(self, shard_dir) -> None:
+        self._child = subprocess.Popen([sys.executable, "-m", __name__, str(shard_dir)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _, err = self._child.communicate()
+        if self._child.returncode != 0:
+            raise GalleryError(f"building the gallery index failed: {err.strip()[-500:] or self._child.returncode}")
+
+    def stop(self) -> None:
+        """End a running build (its copy is discarded; the index serving stays) and wait for it."""
+        self._stopping = True
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.kill()
+        self.wait()
+
+
+def _optimize(shard_dir: str) -> None:
+    from qdrant_edge import EdgeShard
+
+    shard = EdgeShard.load(shard_dir)
+    try:
+        shard.optimize()
+        shard.flush()
+    finally:
+        shard.close()
+
+
+if __name__ == "__main__":
+    _optimize(sys.argv[1])

@@ -1,0 +1,46 @@
+"""Building the gallery's vector index (HNSW) of every model's store: `geoloc maintenance index`, and the
+API's index job (POST /v1/maintenance/index) through the job runner.
+
+The embedded gallery also builds it on its own after GEOLOC_INDEX_AFTER_UPSERTS upserts, and either way
+searches go on while it is built (gallery.edge_index). A Qdrant server indexes in the background by itself:
+there a build has nothing to do and returns at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from geoloc.gallery.base import Gallery
+from geoloc.job_store import JobStore, Outcome
+
+if TYPE_CHECKING:
+    from geoloc.jobs import JobContext, Runner
+
+TASK = "geoloc.index_gallery"
+ALL_COLLECTIONS = "*"  # an index job concerns every collection; no collection may be named so
+
+
+def build_indexes(stores: Iterable[Gallery]) -> dict:
+    """Build each store's index in turn; how many points each held and how long its build took."""
+    built = []
+    for gallery in stores:
+        started = time.perf_counter()
+        gallery.optimize()
+        built.append({"points": gallery.count(), "seconds": round(time.perf_counter() - started, 2)})
+    return {"stores": built, "points": sum(b["points"] for b in built)}
+
+
+def index_gallery(ctx: JobContext, job_id: str, batch: int, collection: str) -> None:
+    """The index job's one batch: build the index of every store; `done` counts their points."""
+    ctx.jobs.mark_started(job_id)
+    report = build_indexes(ctx.every_store())
+    ctx.jobs.finish(job_id, batch, Outcome(done=report["points"]))
+
+
+def submit_index(store: JobStore, runner: Runner, owner: str, points: int) -> str:
+    """Queue an index job over a gallery of `points` photos; its id."""
+    job_id = store.create("index", ALL_COLLECTIONS, points, 1, owner)
+    runner.submit(TASK, {"job_id": job_id, "batch": 1, "collection": ALL_COLLECTIONS})
+    return job_id
