@@ -12,10 +12,13 @@ missing embedded gallery is: jobs retry with backoff, the API answers 503.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 
-import httpx
 import numpy as np
+from urllib3 import Retry, Timeout, connection_from_url
+from urllib3.exceptions import HTTPError, MaxRetryError
+from urllib3.util import parse_url
 
 from geoloc.gallery.base import Gallery, GalleryError, GalleryPoint, Hit, NoGallery, SearchFilter
 from geoloc.gallery.faults import GalleryUnavailable
@@ -31,41 +34,48 @@ FAULTS: dict[str, type[Exception]] = {"gallery_unavailable": GalleryUnavailable,
 
 
 class OwnerLink:
-    """HTTP to the owner: one connection pool, shared by threads; faults raised as gallery faults."""
+    """HTTP to the owner: one pool of kept-alive connections, shared by threads; faults raised as gallery faults.
+
+    urllib3 rather than httpx: about 0.6 ms less per operation, a fifth of a small search's round trip.
+    """
 
     def __init__(self, url: str, token: str | None, connect_timeout: float = 5.0):
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers={TOKEN_HEADER: token or ""},
-                                  timeout=httpx.Timeout(READ_TIMEOUT_S, connect=connect_timeout))
+        self._prefix = (parse_url(self.url).path or "").rstrip("/") + PREFIX
+        self._headers = {TOKEN_HEADER: token or "", "Content-Type": MEDIA_TYPE}
+        # every operation is idempotent, so a request that met a connection the owner had just closed is sent again
+        retry = Retry(total=1, connect=1, read=1, redirect=0, status=0, allowed_methods=None, raise_on_status=False)
+        self._pool = connection_from_url(self.url, maxsize=8, retries=retry,
+                                         timeout=Timeout(connect=connect_timeout, read=READ_TIMEOUT_S))
 
     def call(self, operation: str, header: dict, vectors: np.ndarray | None = None,
              wait_for_ever: bool = False) -> tuple[dict, np.ndarray | None]:
-        timeout = httpx.Timeout(None, connect=self._http.timeout.connect) if wait_for_ever else httpx.USE_CLIENT_DEFAULT
+        timeout = Timeout(connect=self._pool.timeout.connect_timeout, read=None) if wait_for_ever else None
         try:
-            response = self._http.post(f"{PREFIX}/{operation}", content=pack(header, vectors),
-                                       headers={"Content-Type": MEDIA_TYPE}, timeout=timeout)
-        except httpx.TransportError as exc:
+            response = self._pool.request("POST", f"{self._prefix}/{operation}", body=pack(header, vectors),
+                                          headers=self._headers, **({"timeout": timeout} if timeout else {}))
+        except HTTPError as exc:
+            reason = exc.reason if isinstance(exc, MaxRetryError) else exc
             raise GalleryUnavailable(
-                f"the API holding the gallery at {self.url} cannot be reached ({type(exc).__name__}: {exc}): start it "
-                f"(geoloc serve), or correct GEOLOC_GALLERY_OWNER_URL") from exc
-        if response.status_code != 200:
-            raise self._fault(response)
-        return unpack(response.content)
+                f"the API holding the gallery at {self.url} cannot be reached ({reason}): start it (geoloc serve), "
+                f"or correct GEOLOC_GALLERY_OWNER_URL") from exc
+        if response.status != 200:
+            raise self._fault(response.status, response.data)
+        return unpack(response.data)
 
-    def _fault(self, response: httpx.Response) -> Exception:
+    def _fault(self, status: int, body: bytes) -> Exception:
         try:
-            error = response.json()["error"]
+            error = json.loads(body)["error"]
             code, message = str(error["code"]), str(error["message"])
         except (ValueError, KeyError, TypeError):
-            code, message = "", response.text[:200]
-        if response.status_code == 403:
+            code, message = "", body[:200].decode(errors="replace")
+        if status == 403:
             return GalleryUnavailable(f"the API holding the gallery at {self.url} refused this process: {message}")
         return FAULTS.get(code, GalleryUnavailable)(
-            message if code in FAULTS else f"the API holding the gallery at {self.url} answered "
-                                           f"{response.status_code}: {message}")
+            message if code in FAULTS else f"the API holding the gallery at {self.url} answered {status}: {message}")
 
     def close(self) -> None:
-        self._http.close()
+        self._pool.close()
 
 
 def owner_stores(url: str, token: str | None, connect_timeout: float = 5.0) -> dict[str, int]:
