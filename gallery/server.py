@@ -16,6 +16,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from geoloc.gallery.base import (PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, NoGallery,
                                  SearchFilter, box_ranges, float_bounds)
 from geoloc.gallery.qdrant_base import QdrantGallery
+from geoloc.settings import GalleryTuning
 
 RESCORE = models.QuantizationSearchParams(rescore=True, oversampling=2.0)
 
@@ -89,8 +90,10 @@ class ServerGallery(QdrantGallery):
     def __init__(self, url: str | None = None, dim: int | None = None, *, api_key: str | None = None,
                  location: str | None = None, path: str | None = None, collection: str = QDRANT_COLLECTION,
                  shard_number: int | None = None, replication_factor: int | None = None,
-                 on_disk: bool = False, int8_quantization: bool = False, timeout: int = 30):
+                 on_disk: bool = False, int8_quantization: bool = False, timeout: int = 30,
+                 tuning: GalleryTuning | None = None):
         self.collection = collection
+        self.hnsw_ef = (tuning or GalleryTuning()).hnsw_ef  # None: the server's default (its ef_construct)
         self._local = url is None
         if self._local:
             client = QdrantClient(location=location, path=path)
@@ -147,7 +150,7 @@ class ServerGallery(QdrantGallery):
     def _search_params(self, exact: bool) -> models.SearchParams | None:
         if self._local:
             return None  # always exact there, and it warns about parameters it ignores
-        return models.SearchParams(exact=exact, quantization=RESCORE if self._quantized else None)
+        return models.SearchParams(exact=exact, hnsw_ef=self.hnsw_ef, quantization=RESCORE if self._quantized else None)
 
     # the primitives QdrantGallery builds on
     _native_filter = staticmethod(server_filter)

@@ -1,0 +1,158 @@
+"""Building the gallery's vector index: by command, by API job, and on its own after enough upserts; each leaves
+every search answering as exact search does, and keeps the writes made while it ran. The search settings read
+from the environment reach the engine."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from geoloc.cells import leaf_range
+from geoloc.cli import main
+from geoloc.gallery.base import GalleryPoint, SearchFilter, make_payload
+from geoloc.gallery.edge import OLD_SHARD_DIR, SHARD_DIR, EdgeGallery
+from geoloc.gallery.edge_index import BUILD_DIR
+from geoloc.gallery.open import open_gallery
+from geoloc.gallery.server import ServerGallery
+from geoloc.settings import GalleryTuning, Settings, SettingsError
+from geoloc.search_api.app import create_app
+from geoloc.search_api.services import build_services
+from tests.api_helpers import wait_for_job
+from tests.gallery_helpers import token_at_level
+
+DIM, MODEL = 16, "test-model-v1"
+MANUAL = GalleryTuning(index_after_upserts=0)
+
+
+def points(n: int, dim: int = DIM, model: str = MODEL, seed: int = 0) -> list[GalleryPoint]:
+    """n photos in clusters around a few places, vectors near a few directions (as photos of one place are)."""
+    rng = np.random.default_rng(seed)
+    places = [(48.85, 2.35), (35.68, 139.69), (40.71, -74.0)]
+    directions = rng.normal(size=(8, dim))
+    made = []
+    for i in range(n):
+        lat, lon = places[i % 3]
+        payload = make_payload("news", lat + rng.normal(0, 0.5), lon + rng.normal(0, 0.5), f"p{i}.jpg", model,
+                               f"{seed}-{i}".rjust(64, "0"))
+        vector = directions[i % 8] + rng.normal(0, 0.5, dim)
+        made.append(GalleryPoint(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{seed}-{i}")), vector, payload))
+    return made
+
+
+def assert_exact(gallery, queries) -> None:
+    """Every search, unfiltered and inside a cell, ranks as exact scoring does."""
+    cell = SearchFilter(cell_ranges=[leaf_range(token_at_level(48.85, 2.35, 6))])
+    for q in queries:
+        exact = [str(p.id) for p in gallery._query(gallery._vector(q), 10, None, exact=True)]
+        assert [h.id for h in gallery.search(q, 10)] == exact
+        flt = gallery._native_filter(cell)
+        in_cell = [str(p.id) for p in gallery._query(gallery._vector(q), 10, flt, exact=True)]
+        assert [h.id for h in gallery.search(q, 10, cell)] == in_cell and in_cell
+
+
+def test_index_command_builds_every_store_and_keeps_exact_answers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GEOLOC_HOME", str(tmp_path))
+    gallery = open_gallery(Settings(), DIM, MODEL)
+    gallery.upsert(points(300))
+    gallery.close()
+    assert main(["maintenance", "index", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["points"] == 300 and len(built["stores"]) == 1
+    with open_gallery(Settings()) as gallery:
+        assert gallery.count() == 300
+        assert_exact(gallery, [p.vector for p in points(20, seed=1)])
+        assert not (gallery.path / BUILD_DIR).exists() and not (gallery.path / OLD_SHARD_DIR).exists()
+
+
+def test_api_index_job_for_admins_only(tmp_path, embedder):
+    settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None,
+                        require_keys=True)
+    services = build_services(settings, embedder)
+    try:
+        _, admin = services.keys.create("admin", name="tests")
+        _, reader = services.keys.create("reader", ["news"], name="desk")
+        services.gallery().upsert(points(200, embedder.dim, embedder.model_id))
+        with TestClient(create_app(services=services)) as client:
+            refused = client.post("/v1/maintenance/index", headers={"Authorization": f"Bearer {reader}"})
+            assert refused.status_code == 403
+            headers = {"Authorization": f"Bearer {admin}"}
+            accepted = client.post("/v1/maintenance/index", headers=headers)
+            assert accepted.status_code == 202, accepted.text
+            job = accepted.json()["job"]
+            assert (job["kind"], job["collection"], job["total"]) == ("index", "*", 200)
+            assert accepted.headers["Location"] == f"/v1/jobs/{job['id']}"
+            done = wait_for_job(client, headers, job["id"])
+            assert (done["state"], done["done"]) == ("succeeded", 200)
+            assert_exact(services.gallery(), [p.vector for p in points(10, embedder.dim, seed=1)])
+    finally:
+        services.close()
+
+
+def test_index_builds_on_its_own_after_the_configured_upserts(tmp_path):
+    gallery = EdgeGallery(tmp_path / "g", DIM, tuning=GalleryTuning(index_after_upserts=250))
+    try:
+        made = points(400)
+        gallery.upsert(made[:200])
+        assert not gallery.index.running and gallery.index.builds == 0
+        gallery.upsert(made[200:260])
+        gallery.index.wait()
+        assert gallery.index.builds == 1 and gallery.index.last["points"] == 260
+        gallery.upsert(made[260:400])  # 140 since that build: not yet another
+        gallery.index.wait()
+        assert gallery.index.builds == 1 and gallery.count() == 400
+        assert_exact(gallery, [p.vector for p in points(10, seed=1)])
+    finally:
+        gallery.close()
+
+
+def test_writes_made_while_the_copy_is_indexed_are_kept(tmp_path):
+    gallery = EdgeGallery(tmp_path / "g", DIM, tuning=MANUAL)
+    made = points(300)
+    gallery.upsert(made[:200])
+    copy = gallery.path / BUILD_DIR
+    gallery._copy_shard(copy)
+    gallery.upsert(made[200:])
+    gallery.delete(ids=[p.id for p in made[:50]])
+    gallery.index._optimize_apart(copy)
+    gallery._swap_in(copy)
+    assert gallery.count() == 250 and not gallery.retrieve([made[0].id]) and gallery.retrieve([made[299].id])
+    gallery.close()
+    with EdgeGallery(tmp_path / "g", tuning=MANUAL) as again:
+        assert again.count() == 250
+        assert_exact(again, [p.vector for p in points(10, seed=1)])
+
+
+def test_a_gallery_stopped_in_the_middle_of_a_swap_opens_on_its_old_shard(tmp_path):
+    with EdgeGallery(tmp_path / "g", DIM, tuning=MANUAL) as gallery:
+        gallery.upsert(points(50))
+    (tmp_path / "g" / SHARD_DIR).rename(tmp_path / "g" / OLD_SHARD_DIR)
+    with EdgeGallery(tmp_path / "g", tuning=MANUAL) as gallery:
+        assert gallery.count() == 50
+
+
+def test_closing_ends_a_running_build_and_keeps_the_gallery(tmp_path):
+    gallery = EdgeGallery(tmp_path / "g", DIM, tuning=GalleryTuning(index_after_upserts=100))
+    gallery.upsert(points(150))
+    gallery.close()  # whether the build had finished or not
+    with EdgeGallery(tmp_path / "g", tuning=MANUAL) as again:
+        assert again.count() == 150 and not (again.path / BUILD_DIR).exists()
+
+
+def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOLOC_HNSW_EF", "48")
+    monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "7")
+    with open_gallery(Settings(home=tmp_path), DIM, MODEL) as gallery:
+        assert gallery.index.after_upserts == 7
+        params = gallery._search_params(exact=False)
+        assert params.hnsw_ef == 48 and not params.exact and params.quantization.rescore
+    server = ServerGallery(location=":memory:", dim=DIM)
+    server._local = False  # parameters a real server would be sent (local mode takes none)
+    assert server._search_params(exact=False).hnsw_ef == 48
+    server.close()
+    monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "-1")
+    with pytest.raises(SettingsError, match="GEOLOC_INDEX_AFTER_UPSERTS"):
+        Settings(home=tmp_path)
