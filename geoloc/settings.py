@@ -94,7 +94,8 @@ class Settings(GalleryTuning):
     task_time_limit: Count = 900  # seconds
     task_retries: Annotated[int, Field(ge=0)] = 6
     task_retry_delay: Seconds = 1.0  # before a batch's first retry; doubles with each retry
-    # longest wait for a lock of the embedded gallery held by another process, before giving up (503, retry)
+    # longest wait for a lock of the embedded gallery held by another process, or for the API holding it to accept
+    # a connection (gallery_owner_url), before giving up (503, retry)
     gallery_lock_timeout: Seconds = 5.0
     # geoloc's copies of photos (spool) that no photo and no unfinished job needs go once older than this many
     # seconds, and sooner, oldest first, while together they weigh more than spool_max_bytes
