@@ -93,7 +93,7 @@ class ServerGallery(QdrantGallery):
                  on_disk: bool = False, int8_quantization: bool = False, timeout: int = 30,
                  tuning: GalleryTuning | None = None):
         self.collection = collection
-        self.hnsw_ef = (tuning or GalleryTuning()).hnsw_ef  # None: the server's default (its ef_construct)
+        self.hnsw_ef = (tuning or GalleryTuning()).hnsw_ef
         self._local = url is None
         if self._local:
             client = QdrantClient(location=location, path=path)

@@ -143,6 +143,8 @@ def test_closing_ends_a_running_build_and_keeps_the_gallery(tmp_path):
 
 
 def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeypatch):
+    with EdgeGallery(tmp_path / "default", DIM) as gallery:  # the measured default
+        assert gallery._search_params(exact=False).hnsw_ef == GalleryTuning().hnsw_ef == 512
     monkeypatch.setenv("GEOLOC_HNSW_EF", "48")
     monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "7")
     with open_gallery(Settings(home=tmp_path), DIM, MODEL) as gallery:
