@@ -115,18 +115,19 @@ class EdgeGallery(QdrantGallery):
     Only one process may hold the gallery open at a time: Edge locks its write-ahead log.
     `tuning` (default: read from the environment, settings.GalleryTuning): `hnsw_ef`, the candidates an HNSW
     search keeps; `index_after_upserts`, the upserted points after which the index is built again on its own.
-    `int8`: a new shard keeps int8 scalar-quantized copies of the vectors in RAM, searched first and rescored
-    with the float32 originals, which stay on disk; an existing shard keeps the layout it was made with.
+    `int8` (None: `edge_int8` of the tuning): a new shard keeps int8 scalar-quantized copies of the vectors in
+    RAM, searched first and rescored with the float32 originals, which stay on disk; an existing shard keeps the
+    layout it was made with.
     """
 
     def __init__(self, path: str | Path, dim: int | None = None, *, tuning: GalleryTuning | None = None,
-                 int8: bool = False):
+                 int8: bool | None = None):
         from geoloc.gallery.edge_index import IndexBuilder
 
         self.path = Path(path)
         self.dim = dim
         tuning = tuning or GalleryTuning()
-        self.hnsw_ef, self.int8 = tuning.hnsw_ef, int8
+        self.hnsw_ef, self.int8 = tuning.hnsw_ef, tuning.edge_int8 if int8 is None else int8
         self._using, self._writing = threading.RLock(), threading.Lock()  # every shard call; every write
         self._journal: list | None = None  # writes made while a copy of the shard is being indexed
         self.index = IndexBuilder(self, tuning.index_after_upserts)

@@ -47,6 +47,9 @@ class GalleryTuning(BaseSettings):
     # candidates an unfiltered HNSW search keeps: the engine's default (100) found 0.78 of the exact top 10 in
     # 100,000 photos, 512 found 0.995 in 6 ms (README "Speed", bench/gallery_scale.py); in-cell searches are exact
     hnsw_ef: Count = 512
+    # a new embedded gallery store keeps int8 copies of its vectors in RAM, searched first and rescored with the
+    # float32 originals kept on disk: half the memory, and faster searches (a Qdrant server: GEOLOC_QDRANT_INT8)
+    edge_int8: Flag = False
     # rebuild the embedded gallery's vector index (in the background) after this many upserted photos; 0: never
     index_after_upserts: Annotated[int, Field(ge=0)] = 20_000
 

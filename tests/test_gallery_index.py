@@ -155,6 +155,9 @@ def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeyp
     server._local = False  # parameters a real server would be sent (local mode takes none)
     assert server._search_params(exact=False).hnsw_ef == 48
     server.close()
+    monkeypatch.setenv("GEOLOC_EDGE_INT8", "1")
+    with open_gallery(Settings(home=tmp_path / "int8"), DIM, MODEL) as gallery:
+        assert gallery.int8 and gallery._config().quantization_config is not None
     monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "-1")
     with pytest.raises(SettingsError, match="GEOLOC_INDEX_AFTER_UPSERTS"):
         Settings(home=tmp_path)
