@@ -10,8 +10,8 @@ locate_features(), to_dict()), its parts timed by a Locator subclass and thin wr
 own methods. HTTP: POST /v1/locate to a real `geoloc serve` on loopback, one client; a fresh server's start
 (until it accepts connections, model loaded) and first request are timed apart.
 CLI: `geoloc locate ONE.jpg` against `python -c 'import torch, timm'`, alternated.
-Gallery: the manifest's first --gallery photos in a fresh GEOLOC_HOME; the query photo is a later one by a
-photographer the gallery lacks. 2 torch threads here, OMP_NUM_THREADS=2 in subprocesses.
+Gallery: the manifest's first --gallery photos in a fresh GEOLOC_HOME (or --home, kept); the query photo is a
+later one by a photographer the gallery lacks. --threads torch threads (2) here and in the subprocesses.
 Results: bench/results/locate.json; each phase's `other_cores` says how much the shared machine disturbed it.
 """
 
@@ -192,7 +192,9 @@ def command_line(env: dict, query: Path, repeats: int) -> dict:
 
 
 def run(args, work: Path) -> dict:
-    env = dict(os.environ, GEOLOC_HOME=str(work / "home"), GEOLOC_REQUIRE_KEYS="0", OMP_NUM_THREADS="2")
+    threads = str(args.threads)
+    env = dict(os.environ, GEOLOC_HOME=str(Path(args.home) if args.home else work / "home"), GEOLOC_REQUIRE_KEYS="0",
+               OMP_NUM_THREADS=threads, GEOLOC_TORCH_THREADS=threads)
     os.environ["GEOLOC_HOME"] = env["GEOLOC_HOME"]  # Settings() and the Locator's calibrator look-up read it
     gallery_csv, query = prepare(Path(args.manifest), args.gallery, work)
     data, watch = query.read_bytes(), Watch()
@@ -273,8 +275,10 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=1000, help="photos indexed before locating")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--cli-repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, here and in the server")
+    parser.add_argument("--home", help="a data home to keep between runs (the gallery is then indexed once)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="geoloc-bench-") as work:
         result = run(args, Path(work))
     out = ROOT / "bench/results/locate.json"

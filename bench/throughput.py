@@ -91,7 +91,9 @@ def load(client: httpx.Client, photos: list, clients: int, duration: float) -> d
 
 
 def run(args, work: Path) -> dict:
-    env = dict(os.environ, GEOLOC_HOME=str(work / "home"), GEOLOC_REQUIRE_KEYS="0")
+    threads = str(args.threads)
+    env = dict(os.environ, GEOLOC_HOME=str(Path(args.home) if args.home else work / "home"), GEOLOC_REQUIRE_KEYS="0",
+               OMP_NUM_THREADS=threads, GEOLOC_TORCH_THREADS=threads)
     os.environ["GEOLOC_HOME"] = env["GEOLOC_HOME"]
     manifest = Path(args.manifest)
     gallery_csv, _ = prepare(manifest, args.gallery, work)
@@ -117,7 +119,7 @@ def run(args, work: Path) -> dict:
     for level in result.values():
         level["ratio_to_baseline"] = round(level["photos_per_s"] / baseline, 3)
     return {"command": " ".join(["bench/throughput.py", *sys.argv[1:]]), "torch_threads": torch.get_num_threads(),
-            "server_torch_threads": int(env.get("GEOLOC_TORCH_THREADS") or len(os.sched_getaffinity(0))),
+            "server_torch_threads": args.threads,
             "server_batch": {"photos": env.get("GEOLOC_SERVE_BATCH_PHOTOS", "16 (default)"),
                              "wait_ms": env.get("GEOLOC_SERVE_BATCH_WAIT_MS", "5 (default)")},
             "model": embedder.model_id, "gallery_photos": indexed, "query_photos": len(photos),
@@ -150,8 +152,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="the baseline's batch")
     parser.add_argument("--rounds", type=int, default=12, help="baseline batches timed, before and after")
     parser.add_argument("--out", default=str(ROOT / "bench/results/throughput.json"))
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads, here and in the server (default: the cores, as the server's default)")
+    parser.add_argument("--home", help="a data home to keep between runs (the gallery is then indexed once)")
     args = parser.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # what the server uses by default
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="geoloc-bench-") as work:
         result = run(args, Path(work))
     out = Path(args.out)
