@@ -13,11 +13,14 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 
+from geoloc import jobs
 from geoloc.gallery.base import GalleryError, NoGallery, SearchFilter
 from geoloc.gallery.faults import GalleryUnavailable
 from geoloc.gallery.open import open_gallery, registered_stores
 from geoloc.gallery.remote import PREFIX, TOKEN_HEADER, OwnedGalleryClient
+from geoloc.runtime import Runtime
 from geoloc.search_api.app import create_app
 from geoloc.search_api.services import build_services
 from geoloc.settings import Settings
@@ -156,3 +159,26 @@ def test_an_api_without_the_secret_lends_nothing(tmp_path, embedder):
             OwnedGalleryClient(api.url, TOKEN, None)
     finally:
         api.stop()
+
+
+def test_an_api_beside_the_owner_uses_its_gallery_and_lends_nothing(owner, embedder):
+    """A second API process on the host (a replica) reads through the owner; its own internal routes refuse,
+    so no request can go round in a loop."""
+    services = build_services(worker_settings(owner, require_keys=False), embedder)
+    with TestClient(create_app(services=services)) as replica:
+        assert replica.get("/v1/collections").status_code == 200
+        refused = replica.post(f"{PREFIX}/stores", content=b"", headers={TOKEN_HEADER: TOKEN})
+        assert refused.status_code == 503 and "does not hold" in refused.json()["error"]["message"]
+
+
+def test_an_owner_away_is_a_fault_jobs_retry_and_the_api_answers_503(owner, embedder):
+    settings = worker_settings(owner, gallery_owner_url=f"http://127.0.0.1:{free_port()}", require_keys=False)
+    with Runtime(settings, embedder) as worker:
+        with pytest.raises(GalleryUnavailable) as away:
+            worker.gallery()
+    assert isinstance(away.value, jobs.RETRYABLE) and jobs.fault_reason(away.value) == "gallery_unavailable"
+    services = build_services(settings, embedder)
+    with TestClient(create_app(services=services)) as replica:
+        answer = replica.get("/v1/collections")
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "gallery_unavailable"
+        assert answer.headers["Retry-After"]
