@@ -45,7 +45,7 @@ class OwnerLink:
         self._headers = {TOKEN_HEADER: token or "", "Content-Type": MEDIA_TYPE}
         # every operation is idempotent, so a request that met a connection the owner had just closed is sent again
         retry = Retry(total=1, connect=1, read=1, redirect=0, status=0, allowed_methods=None, raise_on_status=False)
-        self._pool = connection_from_url(self.url, maxsize=8, retries=retry,
+        self._pool = connection_from_url(self.url, maxsize=32, retries=retry,  # an API replica's threads
                                          timeout=Timeout(connect=connect_timeout, read=READ_TIMEOUT_S))
 
     def call(self, operation: str, header: dict, vectors: np.ndarray | None = None,
