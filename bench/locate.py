@@ -199,7 +199,8 @@ def run(args, work: Path) -> dict:
     gallery_csv, query = prepare(Path(args.manifest), args.gallery, work)
     data, watch = query.read_bytes(), Watch()
     with watch.phase("index"), Runtime(Settings()) as runtime:
-        report = index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
+        index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
+        indexed = runtime.gallery().count()
     with watch.phase("in_process"):
         clock, base_in, cold, embedder = in_process(data, args.repeats)
     with watch.phase("decode_12mp"):
@@ -214,7 +215,7 @@ def run(args, work: Path) -> dict:
     return {
         "command": " ".join(["bench/locate.py", *sys.argv[1:]]), "torch_threads": torch.get_num_threads(),
         "device": str(embedder.backbone.device), "model": embedder.model_id, "repeats": args.repeats,
-        "gallery_photos": report.indexed, "query": {"file": query.name, "bytes": len(data),
+        "gallery_photos": indexed, "query": {"file": query.name, "bytes": len(data),
                                                     "size": list(to_rgb(open_image(data)).size)},
         "phases": watch.phases, "baseline_backbone": baseline,
         "baseline_by_phase": {"in_process": stats(base_in), "http": stats(http["baseline"])},

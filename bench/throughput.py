@@ -101,7 +101,8 @@ def run(args, work: Path) -> dict:
     images = [to_rgb(open_image(data)) for _, data in photos]
     watch, result = Watch(), {}
     with watch.phase("index"), Runtime(Settings()) as runtime:
-        indexed = index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings).indexed
+        index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
+        indexed = runtime.gallery().count()
         embedder = runtime.embedder
     with watch.phase("baseline_before"):
         before = batched_rate(embedder, images, args.batch, args.rounds)
