@@ -159,6 +159,7 @@ def measure(args, tmp: Path) -> dict:
         api.wait(timeout=30)
     return {"photos": args.photos, "dim": DIM, "repeats": args.repeats, "photos_in_searched_cell": cell_photos,
             "build_s": round(built_s, 1), "cores": os.cpu_count(), "operations": results,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # other work on the machine meanwhile
             "command": "bench/owned_gallery.py " + " ".join(sys.argv[1:])}
 
 
