@@ -149,6 +149,8 @@ def test_internal_routes_are_hidden_and_guarded(owner):
     assert no_token.status_code == 403 and no_token.json()["error"]["code"] == "forbidden"
     unknown = httpx.post(f"{owner.url}{PREFIX}/drop_everything", headers={TOKEN_HEADER: TOKEN}, content=b"")
     assert unknown.status_code == 404
+    settings = worker_settings(owner, gallery_shared=True)
+    assert TOKEN not in repr(settings) and not settings.edge_shared  # an owner wins over taking turns
 
 
 def test_an_api_without_the_secret_lends_nothing(tmp_path, embedder):
