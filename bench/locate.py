@@ -195,7 +195,8 @@ def run(args, work: Path) -> dict:
     threads = str(args.threads)
     env = dict(os.environ, GEOLOC_HOME=str(Path(args.home) if args.home else work / "home"), GEOLOC_REQUIRE_KEYS="0",
                OMP_NUM_THREADS=threads, GEOLOC_TORCH_THREADS=threads)
-    os.environ["GEOLOC_HOME"] = env["GEOLOC_HOME"]  # Settings() and the Locator's calibrator look-up read it
+    for name in ("GEOLOC_HOME", "GEOLOC_TORCH_THREADS"):  # Settings() here reads them too (Services.start sets threads)
+        os.environ[name] = env[name]
     gallery_csv, query = prepare(Path(args.manifest), args.gallery, work)
     data, watch = query.read_bytes(), Watch()
     with watch.phase("index"), Runtime(Settings()) as runtime:
