@@ -175,7 +175,8 @@ def search(args) -> dict:
     gallery = EdgeGallery(Path(args.work) / args.layout)
     out = {"open_s": round(time.perf_counter() - t, 2), "rss_open": rss_mib(), "rss_before_open": empty, "runs": {}}
     modes = [("unfiltered", None)] + [(name, plan["cells"][name]) for name in plan["cells"]]
-    for label, ef in [(f"ef{ef}", ef) for ef in EFS] + [("exact", None)]:
+    efs = [int(ef) for ef in args.efs.split(",")] if args.efs else EFS
+    for label, ef in [(f"ef{ef}", ef) for ef in efs] + [("exact", None)]:
         if ef is None:  # exact search reads every vector: what serving HNSW searches holds is measured before
             out["rss_searched"] = rss_mib()
         gallery.hnsw_ef = ef
@@ -266,7 +267,7 @@ def run(args) -> dict:
         with watch.phase(f"{layout}/build"):
             built = child("build", args, layout)
         with watch.phase(f"{layout}/search"):
-            searched = child("search", args, layout, ["--plan", str(plan)])
+            searched = child("search", args, layout, ["--plan", str(plan), "--efs", args.efs or ""])
         result["layouts"][layout] = {**built, **{k: v for k, v in searched.items() if k != "runs"},
                                      "search": score(searched["runs"], truth, args.photos)}
         print(json.dumps({layout: result["layouts"][layout]}, indent=1), file=sys.stderr)
@@ -283,6 +284,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=1_000_000)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--efs", default="", help="hnsw_ef values to measure, comma-separated (default: 16 ... 512)")
     parser.add_argument("--noise", type=float, default=NOISE, help="jitter of the copies (see NOISE)")
     parser.add_argument("--features", type=Path, default=FEATURES)
     parser.add_argument("--work", type=Path, default=Path("/tmp/geoloc-gallery-scale"))
