@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
-OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaced, until the swap is done
+OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaces, until the writes made meanwhile are replayed
+TRASH_DIR = "shard.trash"  # a replaced shard, being removed
 
 _INDEX_SCHEMAS = {
     "keyword": PayloadSchemaType.Keyword,
@@ -154,7 +155,8 @@ class EdgeGallery(QdrantGallery):
 
     def _load_shard(self) -> EdgeShard:
         shard_dir = self.path / SHARD_DIR
-        if (self.path / OLD_SHARD_DIR).is_dir() and not shard_dir.exists():  # stopped in the middle of a swap
+        if (self.path / OLD_SHARD_DIR).is_dir():  # a swap stopped before its replay: the old shard holds every write
+            shutil.rmtree(shard_dir, ignore_errors=True)
             os.replace(self.path / OLD_SHARD_DIR, shard_dir)
         try:
             if shard_dir.is_dir() and any(shard_dir.iterdir()):
@@ -287,6 +289,7 @@ class EdgeGallery(QdrantGallery):
 
     def _copy_shard(self, to: Path) -> None:
         """Copy the shard for an index build (writes wait meanwhile, searches go on); journal later writes."""
+        shutil.rmtree(self.path / TRASH_DIR, ignore_errors=True)  # left by a removal that was stopped
         with self._writing:
             self._flush()
             shutil.copytree(self.path / SHARD_DIR, to)
@@ -315,7 +318,8 @@ class EdgeGallery(QdrantGallery):
             for operation in journal:
                 self._shard.update(operation)
             self._shard.flush()
-        shutil.rmtree(old, ignore_errors=True)
+            os.replace(old, self.path / TRASH_DIR)
+        shutil.rmtree(self.path / TRASH_DIR, ignore_errors=True)
 
     def close(self) -> None:
         """Flush and release the shard (and its lock); a later open finds every upsert. With the gallery

@@ -126,12 +126,18 @@ def test_writes_made_while_the_copy_is_indexed_are_kept(tmp_path):
         assert_exact(again, [p.vector for p in points(10, seed=1)])
 
 
-def test_a_gallery_stopped_in_the_middle_of_a_swap_opens_on_its_old_shard(tmp_path):
+@pytest.mark.parametrize("renamed", ["old only", "both"])
+def test_a_gallery_stopped_in_the_middle_of_a_swap_opens_on_its_old_shard(tmp_path, renamed):
+    """Stopped between its renames, or after them but before the writes made meanwhile were replayed."""
     with EdgeGallery(tmp_path / "g", DIM, tuning=MANUAL) as gallery:
         gallery.upsert(points(50))
     (tmp_path / "g" / SHARD_DIR).rename(tmp_path / "g" / OLD_SHARD_DIR)
+    if renamed == "both":  # an indexed copy that lacks the last writes
+        with EdgeGallery(tmp_path / "copy", DIM, tuning=MANUAL) as copy:
+            copy.upsert(points(20))
+        (tmp_path / "copy" / SHARD_DIR).rename(tmp_path / "g" / SHARD_DIR)
     with EdgeGallery(tmp_path / "g", tuning=MANUAL) as gallery:
-        assert gallery.count() == 50
+        assert gallery.count() == 50 and not (gallery.path / OLD_SHARD_DIR).exists()
 
 
 def test_closing_ends_a_running_build_and_keeps_the_gallery(tmp_path):
