@@ -134,12 +134,12 @@ def _open_store(settings: Settings, store: str, dim: int | None) -> Gallery:
         return ServerGallery(settings.qdrant_url, dim, api_key=settings.qdrant_api_key, collection=collection,
                              shard_number=settings.qdrant_shards, replication_factor=settings.qdrant_replication,
                              on_disk=settings.qdrant_on_disk, int8_quantization=settings.qdrant_int8,
-                             timeout=settings.qdrant_timeout)
+                             timeout=settings.qdrant_timeout, tuning=settings)
     path = settings.gallery_dir / store
     if settings.edge_shared:
         from geoloc.gallery.shared import SharedEdgeGallery
 
-        return SharedEdgeGallery(path, dim, settings.gallery_lock_timeout)
+        return SharedEdgeGallery(path, dim, settings.gallery_lock_timeout, tuning=settings)
     from geoloc.gallery.edge import EdgeGallery
 
-    return EdgeGallery(path, dim)
+    return EdgeGallery(path, dim, tuning=settings)

@@ -23,6 +23,7 @@ from filelock import FileLock
 from geoloc.gallery.base import Gallery, GalleryPoint, Hit, SearchFilter
 from geoloc.gallery.edge import EdgeGallery
 from geoloc.gallery.faults import disk_faults
+from geoloc.settings import GalleryTuning
 
 LOCK_FILE = "gallery.lock"
 
@@ -30,10 +31,11 @@ LOCK_FILE = "gallery.lock"
 class SharedEdgeGallery(Gallery):
     """An EdgeGallery at `path`, opened under the lock for each call and closed before it returns."""
 
-    def __init__(self, path: str | Path, dim: int | None = None, lock_timeout: float = -1):
+    def __init__(self, path: str | Path, dim: int | None = None, lock_timeout: float = -1,
+                 tuning: GalleryTuning | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.dim = dim
+        self.dim, self.tuning = dim, tuning
         # each thread takes the lock through its own descriptor, so threads of one process take turns too;
         # the lock goes with the process if it dies
         self._lock = FileLock(self.path / LOCK_FILE, timeout=lock_timeout)  # seconds; -1: wait for ever
@@ -43,7 +45,7 @@ class SharedEdgeGallery(Gallery):
     @contextmanager
     def _open(self) -> Iterator[EdgeGallery]:
         with disk_faults(self.path), self._lock:  # a missing directory is reported, not created again
-            gallery = EdgeGallery(self.path, self.dim)
+            gallery = EdgeGallery(self.path, self.dim, tuning=self.tuning)
             try:
                 yield gallery
             finally:

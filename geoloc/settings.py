@@ -39,8 +39,8 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class GalleryTuning(BaseSettings):
-    """The embedded gallery's search and index knobs: read by the gallery itself when it opens (gallery.edge),
-    and part of Settings, so that every entry point checks them."""
+    """The gallery's search and index knobs, part of Settings (every entry point checks them) and handed to
+    the gallery by gallery.open; a gallery built directly, without settings, reads them from the environment."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True)
 

@@ -167,3 +167,10 @@ def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeyp
     monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "-1")
     with pytest.raises(SettingsError, match="GEOLOC_INDEX_AFTER_UPSERTS"):
         Settings(home=tmp_path)
+
+
+def test_settings_given_in_code_reach_the_gallery(tmp_path):
+    settings = Settings(home=tmp_path, hnsw_ef=33, index_after_upserts=5, edge_int8=True)
+    with open_gallery(settings, DIM, MODEL) as gallery:
+        assert gallery._search_params(exact=False).hnsw_ef == 33
+        assert gallery.index.after_upserts == 5 and gallery.int8
