@@ -129,6 +129,7 @@ def test_similar_within_a_radius(api, photos):
     neighbours = response.json()["neighbours"]
     assert neighbours[0]["id"] == point_id("news", centre["sha256"])
     assert all(n["km"] <= 50 for n in neighbours)
+    assert all(n["place"]["country"] and n["place"]["name"] for n in neighbours)  # named, as locate's are
 
 
 def test_bad_input_gets_a_clear_error_never_a_500(api, photos):

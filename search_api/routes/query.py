@@ -18,6 +18,7 @@ from geoloc.calibration import RADII_KM
 from geoloc.cells import corners
 from geoloc.geodesy import haversine_km
 from geoloc.locate import Locator
+from geoloc.places import nearest_places
 from geoloc.search_api.audit_requests import details
 from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
@@ -140,9 +141,10 @@ def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 
 
 
 def _neighbours(hits: list, centre: tuple | None) -> list[dict]:
-    km = (haversine_km(np.array([h.lat for h in hits]), np.array([h.lon for h in hits]), centre[0], centre[1])
-          if centre and hits else [None] * len(hits))
+    lats, lons = np.array([h.lat for h in hits]), np.array([h.lon for h in hits])
+    km = haversine_km(lats, lons, centre[0], centre[1]) if centre and hits else [None] * len(hits)
+    places = nearest_places(lats, lons)
     return [{"id": h.id, "lat": h.lat, "lon": h.lon, "similarity": h.score,
              "km": None if d is None else float(d), "collection": h.payload.get("collection", ""),
-             "source": h.payload.get("source", ""),
-             "photo_url": photo_url(h.payload.get("collection", ""), h.id)} for h, d in zip(hits, km)]
+             "source": h.payload.get("source", ""), "place": place.to_dict(),
+             "photo_url": photo_url(h.payload.get("collection", ""), h.id)} for h, d, place in zip(hits, km, places)]
