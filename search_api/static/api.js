@@ -43,6 +43,16 @@ export async function call(path, { method = "GET", json, form, admin = false } =
   return body;
 }
 
+/** The multipart form of a query: the photo, K and the collections typed in the settings. */
+export function queryForm(photo) {
+  const form = new FormData();
+  form.append("photo", photo);
+  form.append("k", $("k").value || "10");
+  const collections = $("collections").value.trim();
+  if (collections) form.append("collections", collections);
+  return form;
+}
+
 /** Words for any failure of `call`, including a server that cannot be reached. */
 export function failure(error) {
   if (error instanceof Refused) return error.message;

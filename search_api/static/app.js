@@ -1,7 +1,7 @@
 // The page: three views over one map. Locate (here): a photo dropped or picked goes to POST /v1/locate and
 // the answer is shown on the map and beside it. Similar photos (similar.js) and Admin (admin.js) have
 // their own files; the search key lives in this browser's local storage (api.js).
-import { $, call, failure, keys, Pictures, preview, say } from "./api.js";
+import { $, call, failure, keys, Pictures, preview, queryForm, say } from "./api.js";
 import { createAdmin } from "./admin.js";
 import { createExplain } from "./explain.js";
 import { photoRows } from "./lists.js";
@@ -17,11 +17,7 @@ let settingsOpenedForKey = false; // opened because no key was stored: closed ag
 
 async function locate() {
   if (!photo) return;
-  const form = new FormData();
-  form.append("photo", photo);
-  form.append("k", $("k").value || "10");
-  const collections = $("collections").value.trim();
-  if (collections) form.append("collections", collections);
+  const form = queryForm(photo);
   say($("status"), "Locating…", "busy");
   $("again").disabled = true;
   try {

@@ -1,6 +1,6 @@
 // The similar-photos view: a photo goes to POST /v1/similar, optionally only within a radius of a centre
 // (clicked on the map or typed); the located photos come back as a list and as pins on the map.
-import { $, call, failure, Pictures, preview, say } from "./api.js";
+import { $, call, failure, Pictures, preview, queryForm, say } from "./api.js";
 import { photoRows } from "./lists.js";
 import { drawCentre, showPhotos } from "./map.js";
 
@@ -23,11 +23,7 @@ export function createSimilar(view, layers) {
 
   async function search() {
     if (!photo) return;
-    const form = new FormData();
-    form.append("photo", photo);
-    form.append("k", $("k").value || "10");
-    const collections = $("collections").value.trim();
-    if (collections) form.append("collections", collections);
+    const form = queryForm(photo);
     const chosen = centre();
     if (chosen) {
       for (const [name, value] of [["lat", chosen.lat], ["lon", chosen.lon], ["radius_km", chosen.km]]) {
