@@ -8,9 +8,9 @@ photo after another (taken by photographers the gallery lacks) for --seconds, af
 requests sent in the measured window, errors over the whole run (any status but 200, or a failed
 connection: there must be none), throughput (answers/s), p50/p95/p99 latency, and the server's resident
 memory (VmRSS of its process and any children, sampled every second): once it accepts connections, when the
-measured window opens, at its end, and the peak. The clients run on the same cores as the server.
-Results: bench/results/load.json (or --out), with how much the shared machine disturbed each phase
-(`other_cores`).
+measured window opens, at its end, the peak, and the medians of the window's first and last quarters.
+The clients run on the same cores as the server. Results: bench/results/load.json (or --out), with how
+much the shared machine disturbed each phase (`other_cores`).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Memory:
     """The server's resident memory, sampled every `every_s` seconds on a thread, with labelled marks."""
 
     def __init__(self, pid: int, every_s: float = 1.0):
-        self.pid, self.every_s, self.samples, self.marks = pid, every_s, [], {}
+        self.pid, self.every_s, self.samples, self.marks, self.at = pid, every_s, [], {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._start = time.perf_counter()
@@ -90,6 +90,16 @@ class Memory:
 
     def mark(self, name: str) -> None:
         self.marks[name] = self.sample()
+        self.at[name] = self.samples[-1][0]
+
+    def drift(self, start: str, end: str) -> dict:
+        """Median RSS over the first and the last quarter of the samples between two marks: whether memory
+        creeps, robust to the swings of the batches in flight."""
+        window = [rss for t, rss in self.samples if self.at[start] <= t <= self.at[end]]
+        quarter = max(1, len(window) // 4)
+        first, last = float(np.median(window[:quarter])), float(np.median(window[-quarter:]))
+        return {"first_quarter_median": round(first, 1), "last_quarter_median": round(last, 1),
+                "growth": round(last - first, 1)}
 
     def __enter__(self):
         self._thread.start()
@@ -156,7 +166,7 @@ def run(args, work: Path) -> dict:
             "query_photos": len(photos), "warm_up_s": WARM_UP_S, "server_accepting_after_s": round(up_s, 2),
             "phases": watch.phases, **result,
             "rss_mb": {**marks, "peak": max(rss for _, rss in memory.samples),
-                       "growth_in_window": round(marks["window_end"] - marks["window_open"], 1)},
+                       **memory.drift("window_open", "window_end")},
             "rss_samples": memory.samples}
 
 
@@ -177,12 +187,13 @@ def main() -> None:
     rss = result["rss_mb"]
     print(f"gallery {result['gallery_photos']} photos, {result['query_photos']} query photos, {result['model']}; "
           f"phases {result['phases']}")
-    print("| clients | s | requests | errors | req/s | p50 ms | p95 ms | p99 ms | RSS open -> end MiB | peak |")
+    print("| clients | s | requests | errors | req/s | p50 ms | p95 ms | p99 ms | RSS MiB, 1st -> 4th quarter | peak |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     r = result
     print(f"| {r['clients']} | {r['seconds']:.0f} | {r['requests']} | {r['errors']} | {r['requests_per_s']:.1f} | "
           f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
-          f"{rss['window_open']:.0f} -> {rss['window_end']:.0f} ({rss['growth_in_window']:+.0f}) | {rss['peak']:.0f} |")
+          f"{rss['first_quarter_median']:.0f} -> {rss['last_quarter_median']:.0f} ({rss['growth']:+.0f}) | "
+          f"{rss['peak']:.0f} |")
     if result["errors"]:
         sys.exit(f"{result['errors']} requests failed: {result['first_errors']}")
 
