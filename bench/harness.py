@@ -8,6 +8,7 @@ import os
 import resource
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,3 +111,46 @@ class Watch:
         (busy2, own2), wall = self._cpu(), time.perf_counter() - wall
         self.phases[name] = {"wall_s": round(wall, 1), "load_avg_1min": round(os.getloadavg()[0], 2),
                              "other_cores": round(max(0.0, busy2 - busy - (own2 - own)) / wall, 2)}
+
+
+def locate_clients(client: httpx.Client, photos: list, clients: int, warm_up_s: float, duration: float,
+                   window_opened=None) -> tuple[list[tuple[float, float, str | None]], float]:
+    """`clients` threads, each POSTing one photo after another to /v1/locate for `warm_up_s` + `duration`:
+    every request as (sent, seconds, failure or None), and when the measured window opened. `window_opened`,
+    if given, is called as it opens."""
+    done: list[tuple[float, float, str | None]] = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warm_up_s, start + warm_up_s + duration
+
+    def run(i: int) -> None:
+        n = i
+        while (sent := time.perf_counter()) < stop_at:
+            name, data = photos[n % len(photos)]
+            n += clients
+            try:
+                response = client.post("/v1/locate", files={"photo": (name, data, "image/jpeg")})
+                failure = None if response.status_code == 200 else f"{response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            done.append((sent, time.perf_counter() - sent, failure))
+
+    def open_window() -> None:
+        time.sleep(max(0.0, measure_from - time.perf_counter()))
+        if window_opened is not None:
+            window_opened()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)] + [threading.Thread(target=open_window)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done, measure_from
+
+
+def window_latencies(done: list[tuple[float, float, str | None]], measure_from: float) -> dict:
+    """Answered requests sent inside the window: their count and p50/p95/p99 in ms; errors counted anywhere."""
+    ms = np.asarray([s for sent, s, failure in done if sent >= measure_from and failure is None]) * 1000
+    errors = [failure for _, _, failure in done if failure is not None]
+    return {"answered": int(ms.size), "errors": len(errors), "first_errors": errors[:5],
+            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if ms.size else None for q in (50, 95, 99)},
+            "max_ms": round(float(ms.max()), 1) if ms.size else None}

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import Watch, prepare, server  # noqa: E402
+from bench.harness import Watch, locate_clients, prepare, server, window_latencies  # noqa: E402
 from bench.throughput import query_photos  # noqa: E402
 from geoloc.indexing import index_source  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
@@ -113,39 +113,12 @@ class Memory:
 def soak(client: httpx.Client, photos: list, clients: int, duration: float, memory: Memory) -> dict:
     """`clients` threads, each POSTing one photo after another. Requests sent inside the measured window give
     the rate and latencies; an error anywhere, warm-up included, counts."""
-    done: list[tuple[float, float, str | None]] = []  # (sent, seconds, failure) of every request
-    start = time.perf_counter()
-    measure_from, stop_at = start + WARM_UP_S, start + WARM_UP_S + duration
-
-    def run(i: int) -> None:
-        n = i
-        while (sent := time.perf_counter()) < stop_at:
-            name, data = photos[n % len(photos)]
-            n += clients
-            try:
-                response = client.post("/v1/locate", files={"photo": (name, data, "image/jpeg")})
-                failure = None if response.status_code == 200 else f"{response.status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-            done.append((sent, time.perf_counter() - sent, failure))
-
-    def open_window() -> None:
-        time.sleep(max(0.0, measure_from - time.perf_counter()))
-        memory.mark("window_open")
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)] + [threading.Thread(target=open_window)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    done, measure_from = locate_clients(client, photos, clients, WARM_UP_S, duration,
+                                        lambda: memory.mark("window_open"))
     memory.mark("window_end")
-    window = [(seconds, failure) for sent, seconds, failure in done if sent >= measure_from]
-    ms = np.asarray([seconds for seconds, failure in window if failure is None]) * 1000
-    errors = [failure for _, _, failure in done if failure is not None]
-    return {"clients": clients, "seconds": duration, "requests": len(window), "errors": len(errors),
-            "requests_all": len(done), "first_errors": errors[:5], "requests_per_s": round(ms.size / duration, 2),
-            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)},
-            "max_ms": round(float(ms.max()), 1)}
+    latencies = window_latencies(done, measure_from)
+    return {"clients": clients, "seconds": duration, "requests": sum(sent >= measure_from for sent, _, _ in done),
+            "requests_all": len(done), "requests_per_s": round(latencies.pop("answered") / duration, 2), **latencies}
 
 
 def run(args, work: Path) -> dict:

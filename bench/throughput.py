@@ -19,8 +19,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -30,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import Watch, prepare, seconds, server  # noqa: E402
+from bench.harness import Watch, locate_clients, prepare, seconds, server, window_latencies  # noqa: E402
 from geoloc.indexing import index_source  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
 from geoloc.ingest.sources import resolve_manifest_path  # noqa: E402
@@ -63,31 +61,9 @@ def batched_rate(embedder, images: list, batch: int, rounds: int) -> dict:
 
 def load(client: httpx.Client, photos: list, clients: int, duration: float) -> dict:
     """`clients` threads, each POSTing one photo after another: counts and latencies after the warm-up."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[str] = []
-    start = time.perf_counter()
-    measure_from, stop_at = start + WARM_UP_S, start + WARM_UP_S + duration
-
-    def run(i: int) -> None:
-        n = i
-        while (now := time.perf_counter()) < stop_at:
-            name, data = photos[n % len(photos)]
-            n += clients
-            response = client.post("/v1/locate", files={"photo": (name, data, "image/jpeg")})
-            if response.status_code != 200:
-                errors.append(f"{response.status_code}: {response.text[:200]}")
-            elif now >= measure_from:
-                latencies[i].append(time.perf_counter() - now)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    ms = np.concatenate([np.asarray(x) for x in latencies]) * 1000
-    return {"clients": clients, "photos": int(ms.size), "photos_per_s": round(ms.size / duration, 2),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(errors), "first_errors": errors[:3]}
+    latencies = window_latencies(*locate_clients(client, photos, clients, WARM_UP_S, duration))
+    answered = latencies.pop("answered")
+    return {"clients": clients, "photos": answered, "photos_per_s": round(answered / duration, 2), **latencies}
 
 
 def run(args, work: Path) -> dict:
