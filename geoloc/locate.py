@@ -10,6 +10,7 @@ Every answer carries calibrated probabilities of lying within 1, 25, 200, 750 an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -215,15 +216,18 @@ class Locator:
                 "probability": float(probs[index])}
 
 
-def warm_up(embedder: Embedder, home: Path | None) -> None:
+def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = None) -> None:
     """Run once what a process's first locate runs only once: the encoder's first forward pass (torch's
     allocations and kernel choices), the classifier's, the calibrator's load and first prediction, the
-    aggregation's imports and the place names' load."""
+    aggregation's imports and the place names' load. `features(embedder, images)` runs the forward pass
+    (default: on this thread); a server passes the thread its requests will use, since a forward pass run
+    from a second thread of the process afterwards is much slower (two OpenMP thread teams)."""
     from PIL import Image
 
     from geoloc.places import nearest_places
 
-    features = embedder.features([Image.new("RGB", (WARM_UP_SIDE, WARM_UP_SIDE * 3 // 4))])
+    blank = [Image.new("RGB", (WARM_UP_SIDE, WARM_UP_SIDE * 3 // 4))]
+    features = features(embedder, blank) if features else embedder.features(blank)
     embedder.vectors(features)
     if embedder.bundle is not None:
         embedder.bundle.cell_log_probs(features)

@@ -85,10 +85,11 @@ class Runtime:
             self._serving_read = (stat, self._stores().serving())
         return self._serving_read[1]
 
-    def warm_up(self) -> None:
+    def warm_up(self, features=None) -> None:
         """What a serving process's first locate would otherwise pay for: torch threads set, the serving model
-        loaded and run once, its store opened, place names and calibrator loaded. A gallery that cannot be opened
-        yet is left to the requests, which answer 503 until it comes good."""
+        loaded and run once (through `features(embedder, images)` if given: see locate.warm_up), its store
+        opened, place names and calibrator loaded. A gallery that cannot be opened yet is left to the requests,
+        which answer 503 until it comes good."""
         import torch
 
         from geoloc.gallery.base import GalleryError
@@ -103,7 +104,7 @@ class Runtime:
         except GalleryError as exc:
             log.warning("the gallery cannot be opened yet (%s): requests will try again", exc)
             embedder = self._own
-        warm_up(embedder, self.settings.home)
+        warm_up(embedder, self.settings.home, features)
 
     def _embedder_for(self, model_id: str) -> Embedder:
         """The serving model, built from the encoder settings recorded with its store (once)."""

@@ -36,7 +36,7 @@ class Services:
     registry: CollectionRegistry
     originals: OriginalStore
     jobs: Jobs
-    model_state: str = "not loaded"  # "ok" once start() has loaded it, else why not: what /readyz reports
+    model_state: str = "not loaded"  # "ok" once the model has run, else why not: what /readyz reports
     _batchers: dict[str, Batcher] = field(default_factory=dict)  # model id -> its batcher
     _ready: dict[tuple, float] = field(default_factory=dict)  # (model, store, scope) -> when last found ready
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -45,7 +45,7 @@ class Services:
         """Load, before the first request, what every locate needs (Runtime.warm_up). A model that cannot be
         loaded leaves the server up and not ready, saying why; requests try loading it again."""
         try:
-            self.runtime.warm_up()
+            self.runtime.warm_up(self.features)  # on the batcher's thread, where requests run the model
             self.model_state = "ok"
         except Exception as exc:
             log.error("the model could not be loaded: %s", exc)
@@ -59,7 +59,9 @@ class Services:
                 batcher = self._batchers[embedder.model_id] = Batcher(
                     embedder.features, self.settings.serve_batch_photos, self.settings.serve_batch_wait_ms / 1000,
                     name=f"geoloc-batcher-{len(self._batchers)}")
-        return batcher(images)
+        features = batcher(images)
+        self.model_state = "ok"  # a model that failed to load at start may load on a request
+        return features
 
     def check_ready(self, locator: Locator) -> None:
         """Locator.check_ready, at most once per READY_FOR_S for one model, store and scope: every locate asks.

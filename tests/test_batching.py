@@ -201,6 +201,22 @@ def test_a_model_that_cannot_load_leaves_the_server_up_and_not_ready(tmp_path):
         assert ready.status_code == 503 and ready.json()["checks"]["model"].startswith("failed:")
 
 
+def test_the_model_warms_up_on_the_thread_requests_use_and_a_later_load_clears_a_failure(tmp_path, embedder):
+    settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, bundle=None, require_keys=False,
+                        torch_threads=1)
+    services = build_services(settings, embedder)
+    try:
+        services.start()
+        assert [t.name for t in threading.enumerate() if t.name.startswith("geoloc-batcher")] == ["geoloc-batcher-0"]
+        services.model_state = "failed: the disk was away"
+        from PIL import Image
+
+        services.features(embedder, [Image.new("RGB", (64, 48))])
+        assert services.model_state == "ok"  # what /readyz reports once a request has run the model
+    finally:
+        services.close()
+
+
 def test_a_large_query_jpeg_is_decoded_at_a_reduced_scale_that_embeds_as_the_full_one(embedder):
     from PIL import Image
 
