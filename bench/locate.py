@@ -41,7 +41,7 @@ from geoloc.indexing import index_source  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
 from geoloc.locate import Locator  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
-from geoloc.search_api.routes.query import QUERY_DECODE_SIDE  # noqa: E402
+from geoloc.search_api.routes.common import QUERY_DECODE_SIDE  # noqa: E402
 from geoloc.search_api.services import build_services  # noqa: E402
 from geoloc.settings import Settings  # noqa: E402
 

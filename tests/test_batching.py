@@ -207,7 +207,7 @@ def test_the_model_warms_up_on_the_thread_requests_use_and_a_later_load_clears_a
     services = build_services(settings, embedder)
     try:
         services.start()
-        assert [t.name for t in threading.enumerate() if t.name.startswith("geoloc-batcher")] == ["geoloc-batcher-0"]
+        assert list(services._batchers) == [embedder.model_id]  # the warm-up ran through the requests' batcher
         services.model_state = "failed: the disk was away"
         from PIL import Image
 
@@ -222,7 +222,7 @@ def test_a_large_query_jpeg_is_decoded_at_a_reduced_scale_that_embeds_as_the_ful
 
     from geoloc.embedding import l2_normalise
     from geoloc.ingest.images import open_image, to_rgb
-    from geoloc.search_api.routes.query import QUERY_DECODE_SIDE
+    from geoloc.search_api.routes.common import QUERY_DECODE_SIDE
     from tests.services import DATA, manifest_rows
 
     photo = Image.open(DATA / "images" / manifest_rows(1)[0]["filename"]).convert("RGB").resize((2048, 1536))

@@ -10,7 +10,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from PIL import Image
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.aggregation import AGGREGATORS
@@ -22,9 +21,7 @@ from geoloc.places import nearest_places
 from geoloc.search_api.audit_requests import details
 from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
-from geoloc.ingest.images import open_image, to_rgb
-from geoloc.search_api.limits import read_upload
-from geoloc.search_api.routes.common import parse_collections, photo_url
+from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
 from geoloc.search_api.schemas import LocateAnswers, LocateResponse, SimilarAnswers, SimilarResponse
 from geoloc.zero_shot import PRIORS
 
@@ -33,9 +30,6 @@ router = APIRouter(tags=["search"], responses={
                                        "news holds no photos yet: index some first (geoloc index PATH)")})
 
 MAX_K = 100
-# a query JPEG is decoded at the smallest of 1/1..1/8 scale keeping both sides >= this: every encoder here reads
-# 224-336 px; a 12 MP photo then decodes in a fifth of the time, its embedding within 0.001 cosine of the full one
-QUERY_DECODE_SIDE = 512
 PhotoField = Annotated[list[UploadFile], File(
     description="The photo: JPEG, PNG, WebP or TIFF; repeat the field to send several")]
 KField = Annotated[int, Form(ge=1, le=MAX_K, description="Neighbours to retrieve")]
@@ -87,7 +81,7 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     requested = audit["collections"] = parse_collections(collections)
     audit.update(k=k, top_cells=top_cells, prior=prior)
     scope = audit["collections"] = key.scope(requested)
-    images = [_read_query_photo(upload, svc.settings) for upload in photo]
+    images = [read_photo(upload, svc.settings) for upload in photo]
     embedder, gallery = svc.serving()
     locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
                       min_confidence=min_confidence, within_km=float(within_km), prior=prior,
@@ -98,12 +92,6 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
                         "cell": (a["cell"] or {}).get("token"), "confidence": a["confidence"]}} for a in answers]
     return _answered(audit, answers, what)
-
-
-def _read_query_photo(upload: UploadFile, settings) -> Image.Image:
-    """A query photo, decoded within the byte and pixel limits (ImageError -> 413/422) at the scale it is used."""
-    data = read_upload(upload, settings.max_photo_bytes)
-    return to_rgb(open_image(data, settings.max_pixels, min_side=QUERY_DECODE_SIDE))
 
 
 def _located(answer: dict, scope: list[str] | None, model: str) -> dict:
@@ -129,7 +117,7 @@ def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 
     centre = (lat, lon, radius_km) if all(given) else None
     audit.update(k=k, centre=centre)
     scope = audit["collections"] = key.scope(requested)
-    images = [_read_query_photo(upload, svc.settings) for upload in photo]
+    images = [read_photo(upload, svc.settings) for upload in photo]
     embedder, gallery = svc.serving()
     gallery.check_model(embedder.model_id)
     answers, what = [], []
