@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from geoloc.ingest.images import DEFAULT_MAX_PIXELS
 from geoloc.ingest.records import sha256_hex
-from geoloc.ingest.thumbnails import SUFFIX, make_thumbnail
+from geoloc.ingest.thumbnails import SUFFIX, make_thumbnail, thumbnail_of_bytes
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -43,10 +45,11 @@ class OriginalStore:
         """A stored photo's name relative to the store (what a payload's `extra.original` records)."""
         return f"{digest[:2]}/{digest}"
 
-    def put(self, data: bytes) -> tuple[str, Path]:
-        """(sha256, path) of the stored bytes, with their thumbnail when they are a photo; storing the same
-        bytes twice keeps one file, whose time is renewed (a sweep measures how long a copy has gone unneeded
-        from it). Every ingest (command line, upload, import) stores through here."""
+    def put(self, data: bytes, image: Image.Image | None = None) -> tuple[str, Path]:
+        """(sha256, path) of the stored bytes; storing the same bytes twice keeps one file, whose time is renewed
+        (a sweep measures how long a copy has gone unneeded from it). With `image`, the photo as ingest decoded
+        it (upright RGB), its thumbnail is made too. Every ingest (command line, upload, import) stores through
+        here; an upload is stored undecoded, and its job, which decodes it, stores it again with the image."""
         digest = sha256_hex(data)
         path = self.directory / self.name(digest)
         try:
@@ -54,8 +57,8 @@ class OriginalStore:
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             _write(path, data)
-        if not self._thumbnail_path(digest).is_file():
-            self._make_thumbnail(digest, data)
+        if image is not None and not self._thumbnail_path(digest).is_file():
+            _write(self._thumbnail_path(digest), make_thumbnail(image))
         return digest, path
 
     def thumbnail(self, digest: str) -> Path | None:
@@ -71,18 +74,14 @@ class OriginalStore:
             data = original.read_bytes()
         except OSError:  # removed meanwhile
             return None
-        return self._make_thumbnail(digest, data)
+        thumbnail = thumbnail_of_bytes(data, self.max_pixels)
+        if thumbnail is None:
+            return None
+        _write(path, thumbnail)
+        return path
 
     def _thumbnail_path(self, digest: str) -> Path:
         return self.directory / f"{self.name(digest)}.{SUFFIX}"
-
-    def _make_thumbnail(self, digest: str, data: bytes) -> Path | None:
-        thumbnail = make_thumbnail(data, self.max_pixels)
-        if thumbnail is None:
-            return None
-        path = self._thumbnail_path(digest)
-        _write(path, thumbnail)
-        return path
 
     def find(self, digest: str) -> Path | None:
         """The stored copy of these bytes, or None (never stored, or not a digest at all)."""

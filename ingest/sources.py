@@ -63,7 +63,7 @@ def load_photo(source: str, data: bytes, lat=None, lon=None, extra: dict | None 
     if store is None:
         digest = sha256_hex(data)
     else:
-        digest, _ = store.put(data)
+        digest, _ = store.put(data, rgb)
         extra[ORIGINAL] = store.name(digest)
     return PhotoRecord(source, lat, lon, digest, rgb, extra)
 

@@ -1,8 +1,8 @@
 """Small previews of stored photos, for pages that show many at once: upright, longest side 256 px, JPEG.
 
-Made from the original's bytes by the same decoders ingest trusts (ingest.images), within the same pixel bound.
-A JPEG is decoded at a reduced scale (Pillow's draft mode), so a thumbnail costs a fraction of a full decode.
-JPEG rather than WebP: about 20% larger, but encoded several times faster, and every photo stored makes one.
+Made from the photo ingest has just decoded, or, for a copy stored before thumbnails existed, from its bytes by
+the same decoder ingest uses (ingest.images, at a reduced JPEG scale). JPEG rather than WebP: about 20% larger,
+but encoded several times faster, and every photo stored makes one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import io
 
 from PIL import Image
 
-from geoloc.ingest.images import DECODERS, DEFAULT_MAX_PIXELS, to_rgb
+from geoloc.ingest.images import DEFAULT_MAX_PIXELS, ImageError, open_image, to_rgb
 
 SIZE = 256  # longest side, px
 MEDIA_TYPE = "image/jpeg"
@@ -19,17 +19,18 @@ SUFFIX = "thumb.jpg"  # a thumbnail lives beside its original as <digest>.thumb.
 QUALITY = 80
 
 
-def make_thumbnail(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
-    """The thumbnail's bytes, or None when the bytes are no photo geoloc would decode."""
+def make_thumbnail(rgb: Image.Image) -> bytes:
+    """The thumbnail of an upright RGB photo (ingest.images.to_rgb), as JPEG bytes."""
+    image = rgb.copy()
+    image.thumbnail((SIZE, SIZE))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=QUALITY)
+    return out.getvalue()
+
+
+def thumbnail_of_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
+    """The thumbnail of a photo's bytes, or None when they are no photo geoloc would decode."""
     try:
-        image = Image.open(io.BytesIO(data), formats=DECODERS)
-        if image.width * image.height > max_pixels:
-            return None
-        image.draft("RGB", (2 * SIZE, 2 * SIZE))  # JPEG only: decode at 1/2..1/8 scale, still twice the target
-        image = to_rgb(image)  # EXIF orientation applied, as the model sees the photo
-        image.thumbnail((SIZE, SIZE))
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=QUALITY)
-        return out.getvalue()
-    except Exception:  # Pillow raises many types for corrupt data; no thumbnail is no error
+        return make_thumbnail(to_rgb(open_image(data, max_pixels, min_side=2 * SIZE)))
+    except ImageError:
         return None

@@ -106,8 +106,9 @@ def test_a_folder_ingest_stores_an_upright_thumbnail_and_nothing_for_bytes_that_
     thumb = Image.open(store.thumbnail(records["gps.jpg"].sha256))
     assert thumb.size == (SIZE, SIZE // 2)
     assert "sideways.jpg" not in records  # no GPS: neither kept nor thumbnailed
-    sideways, _ = store.put((tmp_path / "src" / "sideways.jpg").read_bytes())
-    assert Image.open(thumbnail_file(store, sideways)).size == (SIZE // 2, SIZE)
+    sideways, _ = store.put((tmp_path / "src" / "sideways.jpg").read_bytes())  # undecoded, as an upload is
+    assert not thumbnail_file(store, sideways).exists()  # made from the bytes when first asked for
+    assert Image.open(store.thumbnail(sideways)).size == (SIZE // 2, SIZE)
     garbage, _ = store.put(b"not a photo at all")
     assert store.thumbnail(garbage) is None and not thumbnail_file(store, garbage).exists()
     assert store.remove(sideways) > 0 and not thumbnail_file(store, sideways).exists()
