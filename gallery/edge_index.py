@@ -43,6 +43,7 @@ class IndexBuilder:
         self._child: subprocess.Popen | None = None
         self._stopping = False
         self._starting = threading.Lock()
+        self._spawning = threading.Lock()  # a child is started, or the builder stopped, never both at once
 
     def noticed(self, points: int) -> None:
         """Count upserted points; past the threshold, start a build in the background unless one runs."""
@@ -89,19 +90,26 @@ class IndexBuilder:
             return self.last
 
     def _optimize_apart(self, shard_dir) -> None:
-        self._child = subprocess.Popen([sys.executable, "-m", __name__, str(shard_dir)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        with self._spawning:  # a stop() during the copy must not let the child start after it
+            if self._stopping:
+                raise GalleryError(f"the gallery at {self.gallery.path} is closing")
+            self._child = subprocess.Popen([sys.executable, "-m", __name__, str(shard_dir)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _, err = self._child.communicate()
         if self._child.returncode != 0:
             raise GalleryError(f"building the gallery index failed: {err.strip()[-500:] or self._child.returncode}")
 
     def stop(self) -> None:
-        """End a running build (its copy is discarded; the index serving stays) and wait for it."""
-        self._stopping = True
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.kill()
+        """End a running build (its copy is discarded; the index serving stays) and wait for it, whichever
+        thread runs it (the background one, or a job's)."""
+        with self._spawning:
+            self._stopping = True
+            child = self._child
+            if child is not None and child.poll() is None:
+                child.kill()
         self.wait()
+        with self._one:  # a build past its child (swapping in) finishes before the gallery closes
+            pass
 
 
 def _optimize(shard_dir: str) -> None:

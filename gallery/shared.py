@@ -35,7 +35,9 @@ class SharedEdgeGallery(Gallery):
                  tuning: GalleryTuning | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.dim, self.tuning = dim, tuning
+        # each operation opens the shard afresh: upserts never add up to a build's threshold, and a build
+        # started by one would be killed as it closes; `geoloc maintenance index` builds one here
+        self.dim, self.tuning = dim, (tuning or GalleryTuning()).model_copy(update={"index_after_upserts": 0})
         # each thread takes the lock through its own descriptor, so threads of one process take turns too;
         # the lock goes with the process if it dies
         self._lock = FileLock(self.path / LOCK_FILE, timeout=lock_timeout)  # seconds; -1: wait for ever
