@@ -26,7 +26,7 @@ from geoloc.gallery.base import Gallery, GalleryError, GalleryPoint, Hit, Search
 from geoloc.embedding import Embedder
 from geoloc.indexing import index_records
 from geoloc.job_store import JobStore, Outcome, cancelled_outcome
-from geoloc.maintenance_index import TASK as INDEX_TASK, index_gallery
+from geoloc.maintenance_index import ALL_COLLECTIONS, TASK as INDEX_TASK, index_gallery
 from geoloc.retention import release_quietly
 from geoloc.settings import Settings
 from geoloc.imports import check_import_path, plan_import
@@ -308,6 +308,10 @@ class Jobs:
         for number, payload in enumerate(payloads, start=1):
             self.runner.submit(task, {"job_id": job_id, "batch": number, "collection": collection, **payload})
         return job_id
+
+    def build_index(self, owner: str, points: int) -> str:
+        """Queue a build of every store's vector index over a gallery of `points` photos; its job id."""
+        return self._submit("index", INDEX_TASK, ALL_COLLECTIONS, owner, points, [{}])
 
     def index(self, collection: str, items: list[dict], owner: str, pre: Outcome | None = None,
               kind: str = "upload", roots: Iterable[Path] | None = None, originals: list[str] | None = None) -> str:

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from geoloc.gallery.base import Gallery
-from geoloc.job_store import JobStore, Outcome
+from geoloc.job_store import Outcome
 
 if TYPE_CHECKING:
-    from geoloc.jobs import JobContext, Runner
+    from geoloc.jobs import JobContext
 
 TASK = "geoloc.index_gallery"
 ALL_COLLECTIONS = "*"  # an index job concerns every collection; no collection may be named so
@@ -37,10 +37,3 @@ def index_gallery(ctx: JobContext, job_id: str, batch: int, collection: str) -> 
     ctx.jobs.mark_started(job_id)
     report = build_indexes(ctx.every_store())
     ctx.jobs.finish(job_id, batch, Outcome(done=report["points"]))
-
-
-def submit_index(store: JobStore, runner: Runner, owner: str, points: int) -> str:
-    """Queue an index job over a gallery of `points` photos; its id."""
-    job_id = store.create("index", ALL_COLLECTIONS, points, 1, owner)
-    runner.submit(TASK, {"job_id": job_id, "batch": 1, "collection": ALL_COLLECTIONS})
-    return job_id

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from geoloc.maintenance_index import submit_index
 from geoloc.search_api.auth import Admin, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES
 from geoloc.search_api.schemas import JobAccepted
@@ -19,6 +18,6 @@ router = APIRouter(prefix="/maintenance", tags=["maintenance"], responses=ERROR_
                          "GEOLOC_INDEX_AFTER_UPSERTS upserted photos; a Qdrant server indexes by itself.")
 def build_index(svc: Svc, key: Admin, response: Response):
     points = sum(gallery.count() for gallery in svc.runtime.every_store())
-    job_id = submit_index(svc.jobs.store, svc.jobs.runner, key.id, points)
+    job_id = svc.jobs.build_index(key.id, points)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return {"job": svc.jobs.get(job_id), "photos": None}
