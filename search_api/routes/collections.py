@@ -21,7 +21,7 @@ from geoloc.ingest.coordinates import GpsError, validate_coordinates
 from geoloc.ingest.records import point_id
 from geoloc.search_api.auth import Admin, AdminCreating, Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
-from geoloc.search_api.routes.common import checked_name, image_id, photo_url
+from geoloc.search_api.routes.common import checked_name, image_id, no_original, photo_url, stored_photo
 from geoloc.search_api.schemas import (
     CollectionInfo,
     CollectionList,
@@ -208,15 +208,11 @@ def delete_image(svc: Svc, _: Admin, name: str, image: str):
             summary="The original of a reference photo (evidence of an answer)",
             description="Served from geoloc's own copy, kept when the photo was indexed.")
 def get_photo(svc: Svc, key: Caller, name: str, image: str):
-    key.scope([checked_name(name)])
-    hits = svc.gallery().retrieve([image_id(name, image)])
-    if not hits or hits[0].payload.get("collection") != name:
-        raise ApiError(404, "no_photo", f"collection '{name}' holds no photo {image}")
-    original = svc.originals.find(hits[0].payload.get("sha256"))
+    hit = stored_photo(svc, key, name, image)
+    original = svc.originals.find(hit.payload.get("sha256"))
     if original is None:
-        raise ApiError(404, "no_original", "geoloc holds no copy of this photo's original (indexed before "
-                                           "copies were kept, or removed since)")
-    media_type = mimetypes.guess_type(hits[0].payload.get("source", ""))[0] or "application/octet-stream"
+        raise no_original()
+    media_type = mimetypes.guess_type(hit.payload.get("source", ""))[0] or "application/octet-stream"
     return FileResponse(original, media_type=media_type)
 
 

@@ -55,3 +55,17 @@ def image_id(collection: str, value: str) -> str:
 
 def photo_url(collection: str, point: str) -> str:
     return f"/v1/collections/{collection}/images/{point}/photo"
+
+
+def stored_photo(svc, key, name: str, image: str):
+    """The gallery point of a photo of collection `name` the key may read (its id or SHA-256), or a 404."""
+    key.scope([checked_name(name)])
+    hits = svc.gallery().retrieve([image_id(name, image)])
+    if not hits or hits[0].payload.get("collection") != name:
+        raise ApiError(404, "no_photo", f"collection '{name}' holds no photo {image}")
+    return hits[0]
+
+
+def no_original() -> ApiError:
+    return ApiError(404, "no_original", "geoloc holds no copy of this photo's original (indexed before copies were "
+                                        "kept, or removed since)")

@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse
 
 from geoloc.ingest.thumbnails import MEDIA_TYPE
 from geoloc.search_api.auth import Caller, Svc
-from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
-from geoloc.search_api.routes.common import checked_name, image_id
+from geoloc.search_api.errors import ERROR_RESPONSES, documented
+from geoloc.search_api.routes.common import no_original, stored_photo
 
 router = APIRouter(prefix="/collections", tags=["collections"], responses=ERROR_RESPONSES)
 CACHE = "private, max-age=31536000, immutable"  # private: only keys that may read the collection see it
@@ -25,16 +25,11 @@ CACHE = "private, max-age=31536000, immutable"  # private: only keys that may re
                        404: documented(404, "No such photo, or no copy of it", "no_photo",
                                        "collection 'news' holds no photo 5b0c3c0e-8f9d-5a57-9a52-1f3cb0a9a0c4")})
 def get_thumbnail(svc: Svc, key: Caller, request: Request, name: str, image: str):
-    key.scope([checked_name(name)])
-    hits = svc.gallery().retrieve([image_id(name, image)])
-    if not hits or hits[0].payload.get("collection") != name:
-        raise ApiError(404, "no_photo", f"collection '{name}' holds no photo {image}")
-    digest = hits[0].payload.get("sha256")
+    digest = stored_photo(svc, key, name, image).payload.get("sha256")
     headers = {"ETag": f'"{digest}-thumbnail"', "Cache-Control": CACHE}
     if headers["ETag"] in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     thumbnail = svc.originals.thumbnail(digest)
     if thumbnail is None:
-        raise ApiError(404, "no_original", "geoloc holds no copy of this photo's original (indexed before "
-                                           "copies were kept, or removed since)")
+        raise no_original()
     return FileResponse(thumbnail, media_type=MEDIA_TYPE, headers=headers)
