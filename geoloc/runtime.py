@@ -59,12 +59,18 @@ class Runtime:
     @property
     def embedder(self) -> Embedder:
         with self._lock:
+            own = self._own_model()
+            serving = self._serving_model() if self.follow_serving else None
+            if serving is None or serving == own.model_id:
+                return own
+            return self._embedder_for(serving)
+
+    def _own_model(self) -> Embedder:
+        """The model the settings name, built once."""
+        with self._lock:
             if self._own is None:
                 self._own = Embedder.from_settings(self.settings)
-            serving = self._serving_model() if self.follow_serving else None
-            if serving is None or serving == self._own.model_id:
-                return self._own
-            return self._embedder_for(serving)
+            return self._own
 
     def _stores(self):
         from geoloc.gallery.stores import ModelStores
@@ -96,14 +102,12 @@ class Runtime:
         from geoloc.locate import warm_up
 
         torch.set_num_threads(self.settings.torch_threads)
-        with self._lock:
-            if self._own is None:
-                self._own = Embedder.from_settings(self.settings)
+        own = self._own_model()
         try:
             embedder = self.serving()[0]
         except GalleryError as exc:
             log.warning("the gallery cannot be opened yet (%s): requests will try again", exc)
-            embedder = self._own
+            embedder = own
         warm_up(embedder, self.settings.home, features)
 
     def _embedder_for(self, model_id: str) -> Embedder:

@@ -128,7 +128,6 @@ def gps(kind: str, expect: str, *blocks: dict) -> Case:
 
 
 EXIF_ONLY = NA("a folder reads positions from EXIF only: it has no coordinates to give")
-NO_PATH = NA("an upload sends bytes: it names no file on the server")
 NOT_BYTES = NA("an upload sends bytes: there is no such file to send")
 NUL_FS = NA("no file system stores a name with a NUL byte or over 255 bytes")
 MANIFEST_ONLY = NA("a folder lists each of its files once, by its own name")
