@@ -111,6 +111,8 @@ class OutOfFold:
     errors: np.ndarray  # km from the truth
     signals: list[dict[str, float]]
     photographers: np.ndarray
+    answers: np.ndarray  # (n, 2) lat/lon answered
+    folds: np.ndarray  # the fold each photo was located in: the gallery held every other fold
 
 
 def out_of_fold(features: FeatureSet, bundle=None, folds: int = 5, seed: int = 0, work_dir: Path | None = None,
@@ -122,7 +124,7 @@ def out_of_fold(features: FeatureSet, bundle=None, folds: int = 5, seed: int = 0
         raise ValueError(f"the bundle was trained on backbone '{bundle.backbone_model_id}', but the features "
                          f"come from '{features.model_id}'")
     fold_of, embedder = _fold_of(features, folds, seed), _cached(features, bundle)
-    rows, errors, signals = [], [], []
+    rows, errors, signals, answers = [], [], [], []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         for fold in range(folds):
             train, test = features.subset(fold_of != fold), features.subset(fold_of == fold)
@@ -132,8 +134,10 @@ def out_of_fold(features: FeatureSet, bundle=None, folds: int = 5, seed: int = 0
             rows.append(np.flatnonzero(fold_of == fold))
             errors.append(errors_km(coords[:, 0], coords[:, 1], test.lat, test.lon))
             signals += fold_signals
+            answers.append(coords)
     rows = np.concatenate(rows)
-    return OutOfFold(rows, np.concatenate(errors), signals, features.photographers[rows])
+    return OutOfFold(rows, np.concatenate(errors), signals, features.photographers[rows], np.concatenate(answers),
+                     fold_of[rows])
 
 
 def _calibrated(signals: list[dict], errors: np.ndarray, photographers: np.ndarray, folds: int) -> dict:
