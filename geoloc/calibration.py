@@ -140,24 +140,50 @@ class Calibrator:
         return path
 
 
-def fit(signals: np.ndarray, errors_km, names=SIGNALS, **info) -> Calibrator:
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)  # inverse regularisation strengths a radius's model chooses among
+INNER_FOLDS = 5
+
+
+def fit(signals: np.ndarray, errors_km, groups=None, names=SIGNALS, **info) -> Calibrator:
     """One L2-regularised logistic regression per radius on standardised signals (scikit-learn). A radius
-    that every answer (or none) reaches gets the smoothed rate as a constant."""
-    from sklearn.linear_model import LogisticRegression
+    that every answer (or none) reaches gets the smoothed rate as a constant.
+
+    With `groups` (photographers), each radius picks its regularisation from C_GRID by the log-loss of an
+    inner cross-validation that keeps each group on one side, so the strength suits photos by people the
+    fit never saw (fewer answers or rarer hits: stronger); without them, or with too few groups or hits
+    to split, C=1."""
     from sklearn.preprocessing import StandardScaler
 
     x = np.asarray(signals, dtype=np.float64)
     scaler = StandardScaler().fit(x)
     z = scaler.transform(x)
     coef, intercept = np.zeros((len(RADII_KM), x.shape[1])), np.zeros(len(RADII_KM))
+    chosen = {}
     for j, y in enumerate(within(errors_km).T):
         if y.all() or not y.any():
             rate = (y.sum() + 0.5) / (y.size + 1.0)
             intercept[j] = np.log(rate / (1.0 - rate))
             continue
-        model = LogisticRegression(C=1.0, max_iter=2000).fit(z, y)
+        model, chosen[f"{RADII_KM[j]:g}"] = _regression(z, y, groups)
         coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
-    return Calibrator(tuple(names), scaler.mean_, scaler.scale_, coef, intercept, {**info, "n": int(x.shape[0])})
+    info = {**info, "n": int(x.shape[0]), "regularisation_c": chosen}
+    return Calibrator(tuple(names), scaler.mean_, scaler.scale_, coef, intercept, info)
+
+
+def _regression(z: np.ndarray, y: np.ndarray, groups) -> tuple:
+    """The fitted logistic regression and its C (chosen by grouped inner cross-validation when possible)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+    model = LogisticRegression(C=1.0, max_iter=2000)
+    folds = 0 if groups is None else min(INNER_FOLDS, int(y.sum()), int((~y).sum()), len(np.unique(groups)))
+    if folds < 2:
+        return model.fit(z, y), 1.0
+    splits = list(StratifiedGroupKFold(n_splits=folds).split(z, y, groups))
+    if any(len(np.unique(y[train])) < 2 for train, _ in splits):
+        return model.fit(z, y), 1.0
+    search = GridSearchCV(model, {"C": list(C_GRID)}, cv=splits, scoring="neg_log_loss").fit(z, y)
+    return search.best_estimator_, float(search.best_params_["C"])
 
 
 def cross_val_probabilities(signals: np.ndarray, errors_km, groups, folds: int = 5) -> np.ndarray:
@@ -165,10 +191,11 @@ def cross_val_probabilities(signals: np.ndarray, errors_km, groups, folds: int =
     from sklearn.model_selection import GroupKFold
 
     x, errors = np.asarray(signals, dtype=np.float64), np.asarray(errors_km, dtype=np.float64)
+    groups = np.asarray(groups)
     out = np.zeros((len(errors), len(RADII_KM)))
     splits = GroupKFold(n_splits=min(folds, len(np.unique(groups))))
     for train, test in splits.split(x, errors, groups):
-        out[test] = fit(x[train], errors[train]).predict(x[test])
+        out[test] = fit(x[train], errors[train], groups[train]).predict(x[test])
     return out
 
 
@@ -177,7 +204,7 @@ def fit_cross_validated(signals: np.ndarray, errors_km, groups, folds: int = 5, 
     oof = cross_val_probabilities(signals, errors_km, groups, folds)
     stamp = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     metrics = calibration_metrics(oof, within(errors_km), RADII_KM)
-    return fit(signals, errors_km, **info, fitted=stamp, cross_validation={"folds": folds, **metrics})
+    return fit(signals, errors_km, groups, **info, fitted=stamp, cross_validation={"folds": folds, **metrics})
 
 
 def from_dict(data: dict, origin: str = "calibrator") -> Calibrator:

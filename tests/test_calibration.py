@@ -7,6 +7,7 @@ import pytest
 
 from geoloc.calibrate import fit_calibrator
 from geoloc.calibration import (
+    C_GRID,
     RADII_KM,
     SIGNALS,
     CalibrationError,
@@ -63,6 +64,17 @@ def test_outputs_are_monotone_even_when_the_fitted_models_disagree():
     probs = calibrator.predict(x)
     assert np.all(np.diff(probs, axis=1) >= 0)
     assert np.allclose(probs[:, 2], probs[:, 1])
+
+
+def test_regularisation_is_chosen_by_grouped_inner_folds_and_recorded():
+    x, errors, _, groups = known(2000)
+    chosen = fit(x, errors, groups).info["regularisation_c"]
+    assert set(chosen) == {f"{r:g}" for r in RADII_KM} and set(chosen.values()) <= set(C_GRID)
+    # one hit cannot be split into inner folds: the fixed strength applies
+    few = np.full(len(errors), 5000.0)
+    few[:1] = 0.5
+    assert fit(x, few, groups).info["regularisation_c"]["1"] == 1.0
+    assert fit(x, errors).info["regularisation_c"] == dict.fromkeys(chosen, 1.0)  # no groups: no inner folds
 
 
 def test_uncertainty_is_the_smallest_radius_more_likely_than_not():
