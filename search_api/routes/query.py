@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import TypeAdapter
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.aggregation import AGGREGATORS
@@ -21,7 +22,7 @@ from geoloc.places import nearest_places
 from geoloc.search_api.audit_requests import details
 from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
-from geoloc.search_api.routes.common import parse_collections, photo_url, read_photo
+from geoloc.search_api.routes.common import checked_json, parse_collections, photo_url, read_photo
 from geoloc.search_api.schemas import LocateAnswers, LocateResponse, SimilarAnswers, SimilarResponse
 from geoloc.zero_shot import PRIORS
 
@@ -37,6 +38,7 @@ CollectionsField = Annotated[str | None, Form(
     description="Comma-separated collections to search; default: every collection the key may search",
     examples=["news,archive"])]
 Audit = Annotated[dict, Depends(details)]  # what this request's audit line says it searched and answered
+LOCATED, SIMILAR = TypeAdapter(LocateResponse | LocateAnswers), TypeAdapter(SimilarResponse | SimilarAnswers)
 
 
 async def batch_within_limit(request: Request) -> None:
@@ -51,13 +53,13 @@ async def batch_within_limit(request: Request) -> None:
 Batch = Depends(batch_within_limit)
 
 
-def _answered(audit: dict, answers: list[dict], what: list[dict]):
+def _answered(model: TypeAdapter, audit: dict, answers: list[dict], what: list[dict]):
     """One photo: its answer as is; several: {"answers": [...]}. The audit line records each."""
     if len(answers) == 1:
         audit.update(what[0])
-        return answers[0]
+        return checked_json(model, answers[0])
     audit["answers"] = what
-    return {"answers": answers}
+    return checked_json(model, {"answers": answers})
 
 
 @router.post("/locate", response_model=LocateResponse | LocateAnswers, dependencies=[Batch],
@@ -91,7 +93,7 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     answers = [_located(a.to_dict(), scope, embedder.model_id) for a in located]
     what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
                         "cell": (a["cell"] or {}).get("token"), "confidence": a["confidence"]}} for a in answers]
-    return _answered(audit, answers, what)
+    return _answered(LOCATED, audit, answers, what)
 
 
 def _located(answer: dict, scope: list[str] | None, model: str) -> dict:
@@ -125,7 +127,7 @@ def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 
         hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
         answers.append({"neighbours": _neighbours(hits, centre), "collections": scope, "model": embedder.model_id})
         what.append({"results": len(hits), **({"answer": {"lat": hits[0].lat, "lon": hits[0].lon}} if hits else {})})
-    return _answered(audit, answers, what)
+    return _answered(SIMILAR, audit, answers, what)
 
 
 def _neighbours(hits: list, centre: tuple | None) -> list[dict]:
