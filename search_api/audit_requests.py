@@ -26,13 +26,14 @@ def _details(scope) -> dict:
     return scope.setdefault("state", {}).setdefault(STATE, {})
 
 
-def details(request: Request) -> dict:
-    """The request's audit details, for routes to add to (as a FastAPI dependency too)."""
+async def details(request: Request) -> dict:
+    """The request's audit details, for routes to add to: a FastAPI dependency, async since it only reads the
+    scope (FastAPI runs a sync one through the thread pool, a trip per request)."""
     return _details(request.scope)
 
 
 def note(request: Request, **fields) -> None:
-    details(request).update(fields)
+    _details(request.scope).update(fields)
 
 
 def _token(scope) -> str | None:

@@ -25,7 +25,9 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 CALLER = "caller"  # where the request's live key is kept on the request state
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """Async like every dependency here that does no blocking work: FastAPI runs a sync one through the thread
+    pool, a trip per request."""
     return request.app.state.services
 
 
@@ -33,9 +35,10 @@ def _refused(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, CHALLENGE)
 
 
-def authenticated(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
-    svc = services(request)
+async def authenticated(request: Request,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+    """The key store is read again only when its file changes (a stat per request), so the check runs inline."""
+    svc: Services = request.app.state.services
     if not svc.settings.require_keys:
         return ANONYMOUS_ADMIN
     if credentials is None:
@@ -71,12 +74,12 @@ async def caller(request: Request, key: Annotated[ApiKey, Depends(authenticated)
     return key
 
 
-def admin(request: Request, key: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
+async def admin(request: Request, key: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
     key.require_admin(request.path_params.get("name"))
     return key
 
 
-def admin_creating(key: Annotated[ApiKey, Depends(caller)], body: NewCollection) -> ApiKey:
+async def admin_creating(key: Annotated[ApiKey, Depends(caller)], body: NewCollection) -> ApiKey:
     """For POST /v1/collections: reads the same `body` the route does (FastAPI parses it once)."""
     key.require_admin(body.name)
     return key
