@@ -5,7 +5,9 @@ as `geoloc eval` and `geoloc calibrate` do. Two candidate signals are then added
 - the gallery's density around the answer: the share of gallery photos within 25 / 200 / 750 / 2,500 km;
 - a hubness-corrected similarity (cross-domain similarity local scaling, Conneau et al. 2018): twice the
   query's similarity to a neighbour minus each photo's mean similarity to its own ten nearest photos; the
-  best such score among the ten neighbours, and its margin over the second.
+  best such score among the ten neighbours, and its margin over the second;
+- agreement among more neighbours: the share of the 50 nearest gallery photos within 25 / 200 / 750 /
+  2,500 km of the answer (the calibrator's own agreement counts the ten the answer is made from).
 For each: its area under the ROC curve for "within 25 km" alone, and the share within 25 km of the 10% of
 answers the refitted calibrator is surest of (its probabilities out-of-fold, GroupKFold by photographer).
 
@@ -43,6 +45,22 @@ def density(features, answers) -> np.ndarray:
         gallery = fold_of_row != answers.folds[i]
         km = haversine_km(features.lat[gallery], features.lon[gallery], lat, lon)
         out[i] = [np.mean(km <= r) for r in DENSITY_KM]
+    return out
+
+
+def wide_agreement(features, answers, wide: int = 50) -> np.ndarray:
+    """(n, radii): the share of each photo's `wide` nearest gallery photos within each radius of its answer."""
+    x = features.features / np.linalg.norm(features.features, axis=1, keepdims=True)
+    fold_of_row = _fold_of_rows(features, answers.rows, answers.folds)
+    position = {row: i for i, row in enumerate(answers.rows)}
+    out = np.zeros((len(answers.rows), len(DENSITY_KM)))
+    for fold in np.unique(answers.folds):
+        gallery, queries = np.flatnonzero(fold_of_row != fold), np.flatnonzero(fold_of_row == fold)
+        nearest = gallery[np.argsort(-(x[queries] @ x[gallery].T), axis=1)[:, :wide]]
+        for query, rows in zip(queries, nearest):
+            lat, lon = answers.answers[position[query]]
+            km = haversine_km(features.lat[rows], features.lon[rows], lat, lon)
+            out[position[query]] = [np.mean(km <= r) for r in DENSITY_KM]
     return out
 
 
@@ -103,6 +121,7 @@ def main() -> None:
         "density": scores(np.log(density(features, answers) + 1e-4), base, answers.errors, groups),
         "hubness_corrected": scores(hubness_corrected(features, answers.rows, answers.folds), base,
                                     answers.errors, groups),
+        "agreement_of_50": scores(wide_agreement(features, answers), base, answers.errors, groups),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
