@@ -5,7 +5,8 @@ an embedded gallery held open in this process, in one run.
 
 Gallery: --photos random 1280-d vectors with payloads as indexing writes them (uniform over latitudes
 -60..60), built once, then copied: the copy is held open here (EdgeGallery, the baseline), the original by a
-real `geoloc serve` (one torch thread) that this process reaches through gallery.remote, as a worker does.
+real `geoloc serve` (one torch thread) that this process reaches through gallery.remote (the socket the API
+lends it on), as a worker does.
 Operations, each timed alternately on the two, in a random order per repetition, after warm-up:
   search: top-10 among the photos of one S2 level-2 cell (and the collection), as a cell-restricted locate asks;
   upsert: a batch of 64 new photos (a job's batch);
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from geoloc.cells import leaf_range  # noqa: E402
 from geoloc.gallery.base import GalleryPoint, SearchFilter, make_payload  # noqa: E402
 from geoloc.gallery.edge import EdgeGallery  # noqa: E402
-from geoloc.gallery.open import open_gallery  # noqa: E402
+from geoloc.gallery.open import OWNER_SOCKET, open_gallery  # noqa: E402
 from geoloc.gallery.remote import OwnedGalleryClient  # noqa: E402
 from geoloc.gallery.shared import SharedEdgeGallery  # noqa: E402
 from geoloc.settings import Settings  # noqa: E402
@@ -146,9 +147,9 @@ def measure(args, tmp: Path) -> dict:
     shared = SharedEdgeGallery(settings.gallery_dir)
     for name, fn in ops.items():
         results[name] = {"shared": ms([timed(fn, shared) for _ in range(SHARED_REPEATS)])}
-    api, url = serve(settings.home, tmp / "api.log")
+    api, _ = serve(settings.home, tmp / "api.log")
     try:
-        with EdgeGallery(tmp / "held") as held, OwnedGalleryClient(url, TOKEN, MODEL) as owned:
+        with EdgeGallery(tmp / "held") as held, OwnedGalleryClient(settings.home / OWNER_SOCKET, TOKEN, MODEL) as owned:
             cell_photos = held.count(in_cell)
             for name, fn in ops.items():
                 held_s, owned_s = alternate(fn, held, owned, args.repeats)

@@ -166,7 +166,7 @@ class EdgeGallery(QdrantGallery):
             if "WouldBlock" in str(e):
                 raise GalleryUnavailable(
                     f"the gallery at {self.path} is open in another process: if a serving API holds it, send it "
-                    f"this process's gallery operations (GEOLOC_GALLERY_OWNER_URL), else close it first (or use one "
+                    f"this process's gallery operations (GEOLOC_GALLERY_VIA_API=1), else close it first (or use one "
                     f"Qdrant server: GEOLOC_QDRANT_URL)") from e
             if is_fault(e):
                 raise

@@ -1,7 +1,8 @@
 """Open the gallery the settings point at: a Qdrant server when GEOLOC_QDRANT_URL is set; else the embedded
-gallery (Edge on disk) held open by the API at GEOLOC_GALLERY_OWNER_URL when that is set (gallery.remote: what
-workers and commands beside a serving API use); else Edge on disk held open by this process (or opened per
-operation: GEOLOC_GALLERY_SHARED, gallery.shared); and in it, the store of one embedding model (gallery.stores).
+gallery (Edge on disk) held open by the API serving on this data home when GEOLOC_GALLERY_VIA_API is set
+(gallery.remote: what workers and commands beside a serving API use); else Edge on disk held open by this
+process (or opened per operation: GEOLOC_GALLERY_SHARED, gallery.shared); and in it, the store of one
+embedding model (gallery.stores).
 
 An embedded gallery leaves a mark in the data home once made, so a gallery directory that later goes missing
 (deleted, a volume not mounted) is reported as missing rather than silently started again empty. Disk faults
@@ -18,6 +19,7 @@ from geoloc.gallery.stores import TOP_STORE, ModelStores
 from geoloc.settings import Settings
 
 MARK_FILE = "gallery.made"  # in the data home, beside the gallery directory
+OWNER_SOCKET = "gallery.sock"  # in the data home: where the API holding the gallery lends it (gallery.lending)
 
 
 def open_gallery(settings: Settings, dim: int | None = None, model_id: str | None = None,
@@ -25,11 +27,10 @@ def open_gallery(settings: Settings, dim: int | None = None, model_id: str | Non
     """The store of `model_id` (registered on first use, with the `encoder` settings that made it), or the
     one serving queries when no model is named. `dim=None` opens an existing store whatever its dimension;
     creating one needs it."""
-    if settings.gallery_owner_url and not settings.qdrant_url:  # the owner registers, opens and marks
+    if settings.gallery_via_api and not settings.qdrant_url:  # the owner registers, opens and marks
         from geoloc.gallery.remote import OwnedGalleryClient
 
-        return OwnedGalleryClient(settings.gallery_owner_url, settings.internal_token, model_id, dim, encoder,
-                                  settings.gallery_lock_timeout)
+        return OwnedGalleryClient(settings.home / OWNER_SOCKET, settings.internal_token, model_id, dim, encoder)
     _check_not_lost(settings)
     try:
         stores = _stores(settings)
@@ -51,10 +52,10 @@ def open_gallery(settings: Settings, dim: int | None = None, model_id: str | Non
 def registered_stores(settings: Settings) -> dict[str, int]:
     """Model id -> dimension of every store the gallery holds (a gallery from before stores is registered
     under the model it holds first)."""
-    if settings.gallery_owner_url and not settings.qdrant_url:
+    if settings.gallery_via_api and not settings.qdrant_url:
         from geoloc.gallery.remote import owner_stores
 
-        return owner_stores(settings.gallery_owner_url, settings.internal_token, settings.gallery_lock_timeout)
+        return owner_stores(settings.home / OWNER_SOCKET, settings.internal_token)
     _check_not_lost(settings)
     stores = _stores(settings)
     try:
@@ -75,7 +76,7 @@ def open_every_store(settings: Settings, opened: dict[str, Gallery]) -> dict[str
 def hold_store(settings: Settings, opened: dict[str, Gallery], model_id: str | None, dim: int | None = None,
                encoder: dict | None = None) -> tuple[str, Gallery]:
     """The store of `model_id` (None: the serving one) and its model id, from `opened` (model id -> store this
-    process holds open) or opened into it: what the owner of an embedded gallery lends (gallery.remote)."""
+    process holds open) or opened into it: what the owner of an embedded gallery lends (gallery.lending)."""
     if model_id is None:
         open_every_store(settings, opened)  # adopts a gallery from before stores
         model_id = _stores(settings).serving()

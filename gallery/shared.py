@@ -2,7 +2,7 @@
 
 A Qdrant Edge shard can be held open by one process only (Edge locks its write-ahead log). When an API
 serves, it holds the shard and the workers and commands beside it send it their operations
-(gallery.remote, GEOLOC_GALLERY_OWNER_URL): no operation reloads the shard. This per-operation mode stays
+(gallery.remote, GEOLOC_GALLERY_VIA_API): no operation reloads the shard. This per-operation mode stays
 for hosts where no process can own the gallery: several peer processes, none of them a serving API (a
 script running geoloc commands side by side, or several API processes over one data home). It is asked
 for explicitly (GEOLOC_GALLERY_SHARED). Every operation takes an exclusive lock on a file beside the shard,

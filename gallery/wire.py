@@ -1,8 +1,8 @@
 """How a gallery operation travels between a process and the API that holds the embedded gallery open.
 
-One body carries a JSON header (the operation's arguments or answer: ids, payloads, filter, counts) and,
-after it, the vectors as raw float32 little-endian: a 64-photo batch of 1280-d embeddings is 328 KB of
-floats instead of several MB of JSON numbers, and nothing is parsed digit by digit.
+One message carries a JSON header (the operation and its arguments, or its answer or fault: ids, payloads,
+filter, counts) and, after it, the vectors as raw float32 little-endian: a 64-photo batch of 1280-d
+embeddings is 328 KB of floats instead of several MB of JSON numbers, and nothing is parsed digit by digit.
 Layout: header length (uint32 little-endian), header (UTF-8 JSON), rows x dim float32.
 """
 
@@ -16,7 +16,6 @@ import numpy as np
 
 from geoloc.gallery.base import Hit, SearchFilter
 
-MEDIA_TYPE = "application/x-geoloc-gallery"
 _LENGTH = struct.Struct("<I")
 _FLOAT = np.dtype("<f4")
 

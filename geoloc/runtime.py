@@ -157,7 +157,7 @@ class Runtime:
     def held_store(self, model_id: str | None, dim: int | None = None,
                    encoder: dict | None = None) -> tuple[str, Gallery]:
         """A model's store (None: the serving one) and its model id, kept open like the others: what the API
-        lends the processes beside it when it owns the embedded gallery (search_api.routes.internal)."""
+        lends the processes beside it when it owns the embedded gallery (gallery.lending)."""
         from geoloc.gallery.open import hold_store
 
         with self._lock:

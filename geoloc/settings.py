@@ -74,10 +74,11 @@ class Settings(GalleryTuning):
     qdrant_timeout: Count = 30
     # services: with a Redis broker, jobs run on Celery workers; without one, `geoloc serve` runs them itself
     broker_url: str | None = None
-    # the embedded gallery admits one process: the API holds it open, and workers and commands on its host send
-    # their gallery operations to it at this address (http://host:port), presenting internal_token
-    gallery_owner_url: str | None = None
-    # the secret of the API's internal routes (search_api/routes/internal.py); unset: those routes refuse all
+    # the embedded gallery admits one process: the API holds it open, and workers and commands sharing its data
+    # home send their gallery operations to it (over the socket <home>/gallery.sock), presenting internal_token
+    gallery_via_api: Flag = False
+    # the secret that the API and the processes beside it share (gallery/lending.py); unset on the API: it lends
+    # its gallery to none
     internal_token: str | None = Field(default=None, repr=False)
     # with no API to hold it, processes take turns on the embedded gallery, one operation at a time (gallery.shared)
     gallery_shared: Flag = False
@@ -98,8 +99,7 @@ class Settings(GalleryTuning):
     task_time_limit: Count = 900  # seconds
     task_retries: Annotated[int, Field(ge=0)] = 6
     task_retry_delay: Seconds = 1.0  # before a batch's first retry; doubles with each retry
-    # longest wait for a lock of the embedded gallery held by another process, or for the API holding it to accept
-    # a connection (gallery_owner_url), before giving up (503, retry)
+    # longest wait for a lock of the embedded gallery held by another process, before giving up (503, retry)
     gallery_lock_timeout: Seconds = 5.0
     # geoloc's copies of photos (spool) that no photo and no unfinished job needs go once older than this many
     # seconds, and sooner, oldest first, while together they weigh more than spool_max_bytes
@@ -174,8 +174,8 @@ class Settings(GalleryTuning):
     @property
     def edge_shared(self) -> bool:
         """Whether the embedded gallery is opened per operation under a file lock: asked for, with no Qdrant
-        server and no API holding it (gallery_owner_url)."""
-        return self.gallery_shared and not self.qdrant_url and not self.gallery_owner_url
+        server and no API holding it (gallery_via_api)."""
+        return self.gallery_shared and not self.qdrant_url and not self.gallery_via_api
 
     @property
     def spool_dir(self) -> Path:

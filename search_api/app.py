@@ -9,10 +9,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from geoloc import __version__
+from geoloc.gallery.lending import lend_gallery
 from geoloc.settings import Settings
 from geoloc.search_api import audit_requests, errors, privacy, quotas, site
 from geoloc.search_api.limits import BodyLimit, mib
-from geoloc.search_api.routes import collections, explain, health, internal, jobs, maintenance, query, thumbnails
+from geoloc.search_api.routes import collections, explain, health, jobs, maintenance, query, thumbnails
 from geoloc.search_api.services import Services, build_services
 
 DESCRIPTION = """
@@ -43,9 +44,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services = services or build_services(settings)
         # uvicorn takes no request until this returns: the first locate is as fast as the next
         await asyncio.to_thread(app.state.services.start)
+        # the embedded gallery this API holds, lent to the workers beside it (GEOLOC_GALLERY_VIA_API)
+        lender = lend_gallery(settings, app.state.services.runtime.held_store)
         try:
             yield
         finally:
+            if lender is not None:
+                await asyncio.to_thread(lender.close)
             if services is None:
                 app.state.services.close()
 
@@ -63,7 +68,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     for module in (query, explain, collections, thumbnails, jobs, maintenance):
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)
-    app.include_router(internal.router)  # the embedded gallery lent to workers (GEOLOC_GALLERY_OWNER_URL)
     site.install(app)
     if settings.cors_origins:  # added last, so outermost: refusals by the other middleware carry its headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

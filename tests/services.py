@@ -142,9 +142,10 @@ def service_env(home: Path, redis_url: str, **overrides) -> dict:
     return env
 
 
-def beside(env: dict, api_url: str) -> dict:
-    """The environment of a worker or command beside the API at `api_url`: the gallery is the API's."""
-    return {**env, "GEOLOC_GALLERY_OWNER_URL": api_url}
+def beside(env: dict) -> dict:
+    """The environment of a worker or command beside the API serving on the same data home: the gallery is
+    the API's."""
+    return {**env, "GEOLOC_GALLERY_VIA_API": "1"}
 
 
 def sessions_files(leader: int, under: Path) -> set[str]:

@@ -1,6 +1,6 @@
 """The whole platform as separate processes: redis-server, Celery workers and the API under uvicorn,
 spoken to over HTTP, on one embedded gallery that the API holds open and lends the workers through its
-internal routes (gallery/remote.py, GEOLOC_GALLERY_OWNER_URL).
+socket in the data home (gallery/lending.py, gallery/remote.py, GEOLOC_GALLERY_VIA_API).
 
 Real photos go in through the API, workers embed them, and the answers come back over HTTP; a worker
 killed with SIGKILL in the middle of a job loses nothing and duplicates nothing; no worker ever opens
@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from geoloc.gallery.base import SearchFilter
+from geoloc.gallery.open import OWNER_SOCKET
 from geoloc.gallery.remote import OwnedGalleryClient
 from geoloc.ingest.records import point_id, sha256_hex
 from tests.services import (DATA, INTERNAL_TOKEN, REPO, beside, free_port, geoloc, manifest_rows, service_env,
@@ -37,7 +38,7 @@ def stack(tmp_path_factory, redis_url):
                            capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    workers_env = beside(env, url)  # started first, the worker waits for the API on its first task
+    workers_env = beside(env)  # started first, the worker waits for the API on its first task
     state = {"env": workers_env, "logs": logs, "home": home, "url": url, "workers": [start_worker(workers_env, logs)]}
     api, _ = start_api(env, logs, port)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
@@ -151,7 +152,7 @@ def test_job_survives_a_killed_worker(stack, photos):
     assert job["state"] == "succeeded", job
     assert (job["done"], job["skipped"], job["failed"]) == (N_PHOTOS, 0, 0)  # no batch counted twice
 
-    with OwnedGalleryClient(stack["url"], INTERNAL_TOKEN) as gallery:  # the store serving queries, via the API
+    with OwnedGalleryClient(stack["home"] / OWNER_SOCKET, INTERNAL_TOKEN) as gallery:  # the store serving queries, via the API
         ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=["killed"]), batch=7)]
     assert sorted(ids) == sorted(point_id("killed", r["sha256"]) for r in photos)
     assert collection_counts(client)["killed"] == N_PHOTOS

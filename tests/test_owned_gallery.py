@@ -1,13 +1,18 @@
-"""The embedded gallery held open by the API and used by other processes over its internal routes
-(gallery.remote, search_api/routes/internal.py): a real API served by uvicorn on a loopback port, real
-clients, other processes. The whole gallery contract runs again through the owner."""
+"""The embedded gallery held open by the API and used by other processes over the socket it lends it on
+(gallery.lending, gallery.remote): a real API served by uvicorn, real clients, other processes and threads.
+The whole gallery contract runs again through the owner."""
 
 from __future__ import annotations
 
 import multiprocessing
+import socket
+import stat
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
 
 import httpx
 import numpy as np
@@ -16,10 +21,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from geoloc import jobs
-from geoloc.gallery.base import GalleryError, NoGallery, SearchFilter
+from geoloc.gallery.base import GalleryError, GalleryPoint, NoGallery, SearchFilter, make_payload
 from geoloc.gallery.faults import GalleryUnavailable
-from geoloc.gallery.open import open_gallery, registered_stores
-from geoloc.gallery.remote import PREFIX, TOKEN_HEADER, OwnedGalleryClient
+from geoloc.gallery.open import OWNER_SOCKET, open_gallery, registered_stores
+from geoloc.gallery.remote import OwnedGalleryClient, OwnerLink
 from geoloc.runtime import Runtime
 from geoloc.search_api.app import create_app
 from geoloc.search_api.services import build_services
@@ -45,10 +50,11 @@ TOKEN = "internal-secret-for-tests"
 
 
 class Uvicorn:
-    """The API served in a thread of this process on a free loopback port."""
+    """The API served in a thread of this process on a free loopback port; it lends its gallery on `socket`."""
 
     def __init__(self, settings: Settings, embedder):
         self.services = build_services(settings, embedder)
+        self.socket = settings.home / OWNER_SOCKET
         self.url = f"http://127.0.0.1:{free_port()}"
         port = int(self.url.rsplit(":", 1)[1])
         self.server = uvicorn.Server(uvicorn.Config(create_app(services=self.services), host="127.0.0.1", port=port,
@@ -63,11 +69,14 @@ class Uvicorn:
         self.services.close()
 
 
+def owner_settings(home, **overrides) -> Settings:
+    return Settings(**{**dict(home=home, broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None,
+                              internal_token=TOKEN), **overrides})
+
+
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory, embedder):
-    settings = Settings(home=tmp_path_factory.mktemp("owner"), broker_url=None, qdrant_url=None, gallery_shared=False,
-                        bundle=None, internal_token=TOKEN)
-    api = Uvicorn(settings, embedder)
+    api = Uvicorn(owner_settings(tmp_path_factory.mktemp("owner")), embedder)
     try:
         yield api
     finally:
@@ -77,19 +86,24 @@ def owner(tmp_path_factory, embedder):
 @pytest.fixture
 def gallery(owner):
     """A fresh store of the owner's gallery (a model of its own), reached through the owner."""
-    client = OwnedGalleryClient(owner.url, TOKEN, f"contract-{uuid.uuid4().hex}", DIM)
+    client = OwnedGalleryClient(owner.socket, TOKEN, f"contract-{uuid.uuid4().hex}", DIM)
     yield client
     client.close()
 
 
 def worker_settings(owner, **overrides) -> Settings:
-    """A process beside the owner: the same data home, the owner's address and secret."""
+    """A process beside the owner: the same data home and secret, its gallery the owner's."""
     return Settings(**{**dict(home=owner.services.settings.home, broker_url=None, qdrant_url=None, bundle=None,
-                              gallery_owner_url=owner.url, internal_token=TOKEN), **overrides})
+                              gallery_via_api=True, internal_token=TOKEN), **overrides})
 
 
-def _writer(url: str, model: str, collection: str) -> None:
-    with OwnedGalleryClient(url, TOKEN, model, DIM) as gallery:
+def lender_threads(api: Uvicorn) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("geoloc-gallery-len") and
+            t.name.endswith(f":{api.socket}")]
+
+
+def _writer(path: str, model: str, collection: str) -> None:
+    with OwnedGalleryClient(path, TOKEN, model, DIM) as gallery:
         for chunk in range(4):
             gallery.upsert([p for p in POINTS if p.payload["collection"] == collection][chunk::4])
             gallery.search(np.ones(DIM), 3, SearchFilter(collections=[collection]))
@@ -99,7 +113,7 @@ def test_processes_write_through_the_owner_and_lose_nothing(owner):
     model = f"writers-{uuid.uuid4().hex}"
     names = sorted({p.payload["collection"] for p in POINTS})
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_writer, args=(owner.url, model, name)) for name in names]
+    writers = [context.Process(target=_writer, args=(str(owner.socket), model, name)) for name in names]
     for w in writers:
         w.start()
     for w in writers:
@@ -108,6 +122,34 @@ def test_processes_write_through_the_owner_and_lose_nothing(owner):
     expected = {name: sum(p.payload["collection"] == name for p in POINTS) for name in names}
     _, held = owner.services.runtime.held_store(model)  # the very store the owner holds open
     assert held.collections() == expected
+
+
+def test_threads_share_one_client(owner):
+    """A worker's or a replica's threads share one client: each operation gets an answer of its own."""
+    with OwnedGalleryClient(owner.socket, TOKEN, f"threads-{uuid.uuid4().hex}", DIM) as gallery:
+        gallery.upsert(POINTS)
+        expected = {p.id: gallery.search(p.vector, 1)[0].id for p in POINTS[:24]}
+
+        def ask(point: GalleryPoint) -> tuple[str, str, int]:
+            return point.id, gallery.search(point.vector, 1)[0].id, gallery.count()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, POINTS[:24] * 4))
+    assert all(found == expected[asked] and count == len(POINTS) for asked, found, count in answers)
+
+
+def test_a_large_upsert_arrives_whole(owner):
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(1100, 1280)).astype(np.float32)  # five messages of up to 1.3 MB
+    points = [GalleryPoint(str(uuid.uuid4()), v, make_payload("big", 1.0, 2.0, f"{i}.jpg", "big-model", "ab" * 32))
+              for i, v in enumerate(vectors)]
+    with OwnedGalleryClient(owner.socket, TOKEN, f"large-{uuid.uuid4().hex}", 1280) as gallery:
+        gallery.upsert(points)
+        assert gallery.count() == len(points)
+        back = gallery.retrieve([points[0].id, points[-1].id])
+        assert np.allclose(back[0].vector / np.linalg.norm(back[0].vector), vectors[0] / np.linalg.norm(vectors[0]),
+                           atol=1e-5)
+        assert gallery.search(vectors[-1], 1)[0].id == points[-1].id
 
 
 def test_stores_are_named_by_model_and_opened_as_the_settings_say(owner):
@@ -126,55 +168,60 @@ def test_stores_are_named_by_model_and_opened_as_the_settings_say(owner):
         open_gallery(settings, DIM + 1, model)
 
 
-def test_faults_are_the_gallery_faults_jobs_retry(owner):
-    with pytest.raises(GalleryUnavailable, match="refused"):
-        OwnedGalleryClient(owner.url, "wrong", None)
-    with pytest.raises(GalleryUnavailable, match="refused"):
-        OwnedGalleryClient(owner.url, None, None)
+def test_faults_are_the_gallery_faults_jobs_retry(owner, tmp_path):
+    with pytest.raises(GalleryUnavailable, match="refused this process: wrong internal token"):
+        OwnedGalleryClient(owner.socket, "wrong", None)
+    with pytest.raises(GalleryUnavailable, match="GEOLOC_INTERNAL_TOKEN"):
+        OwnedGalleryClient(owner.socket, None, None)
     started = time.monotonic()
     with pytest.raises(GalleryUnavailable, match="cannot be reached"):
-        OwnedGalleryClient(f"http://127.0.0.1:{free_port()}", TOKEN, None)
+        OwnedGalleryClient(tmp_path / OWNER_SOCKET, TOKEN, None)
     assert time.monotonic() - started < 5
     with pytest.raises(NoGallery):
-        OwnedGalleryClient(owner.url, TOKEN, f"never-made-{uuid.uuid4().hex}", None)
-    with OwnedGalleryClient(owner.url, TOKEN, f"faults-{uuid.uuid4().hex}", DIM) as gallery:
+        OwnedGalleryClient(owner.socket, TOKEN, f"never-made-{uuid.uuid4().hex}", None)
+    with OwnedGalleryClient(owner.socket, TOKEN, f"faults-{uuid.uuid4().hex}", DIM) as gallery:
         with pytest.raises(ValueError):
             gallery.delete()
+        with pytest.raises(ValueError, match="no gallery operation 'drop_everything'"):
+            gallery._link.call("drop_everything", {})
+        assert gallery.count() == 0  # the connection lives on after faults
 
 
-def test_internal_routes_are_hidden_and_guarded(owner):
+def test_the_socket_is_the_owner_s_and_guarded(owner):
+    assert stat.S_IMODE(owner.socket.stat().st_mode) == 0o600
+    with pytest.raises(AuthenticationError):
+        Client(str(owner.socket), family="AF_UNIX", authkey=b"guessed")
+    link = OwnerLink(owner.socket, TOKEN)  # the owner goes on serving after a refusal
+    assert owner.services.embedder.model_id in link.call("stores", {})[0]["stores"]
+    link.close()
     schema = httpx.get(f"{owner.url}/openapi.json").json()
     assert not [path for path in schema["paths"] if path.startswith("/internal")]
-    no_token = httpx.post(f"{owner.url}{PREFIX}/stores", content=b"")
-    assert no_token.status_code == 403 and no_token.json()["error"]["code"] == "forbidden"
-    unknown = httpx.post(f"{owner.url}{PREFIX}/drop_everything", headers={TOKEN_HEADER: TOKEN}, content=b"")
-    assert unknown.status_code == 404
     settings = worker_settings(owner, gallery_shared=True)
     assert TOKEN not in repr(settings) and not settings.edge_shared  # an owner wins over taking turns
 
 
 def test_an_api_without_the_secret_lends_nothing(tmp_path, embedder):
-    api = Uvicorn(Settings(home=tmp_path, broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None),
-                  embedder)
+    api = Uvicorn(owner_settings(tmp_path, internal_token=None), embedder)
     try:
+        assert not api.socket.exists()
         with pytest.raises(GalleryUnavailable, match="GEOLOC_INTERNAL_TOKEN"):
-            OwnedGalleryClient(api.url, TOKEN, None)
+            OwnedGalleryClient(api.socket, TOKEN, None)
     finally:
         api.stop()
 
 
 def test_an_api_beside_the_owner_uses_its_gallery_and_lends_nothing(owner, embedder):
-    """A second API process on the host (a replica) reads through the owner; its own internal routes refuse,
-    so no request can go round in a loop."""
+    """A second API process on the host (a replica) reads through the owner and leaves the owner's socket be,
+    so no operation can go round in a loop."""
     services = build_services(worker_settings(owner, require_keys=False), embedder)
     with TestClient(create_app(services=services)) as replica:
         assert replica.get("/v1/collections").status_code == 200
-        refused = replica.post(f"{PREFIX}/stores", content=b"", headers={TOKEN_HEADER: TOKEN})
-        assert refused.status_code == 503 and "does not hold" in refused.json()["error"]["message"]
+    with OwnedGalleryClient(owner.socket, TOKEN) as gallery:  # still the owner's, served
+        assert gallery.model_id == owner.services.embedder.model_id
 
 
-def test_an_owner_away_is_a_fault_jobs_retry_and_the_api_answers_503(owner, embedder):
-    settings = worker_settings(owner, gallery_owner_url=f"http://127.0.0.1:{free_port()}", require_keys=False)
+def test_an_owner_away_is_a_fault_jobs_retry_and_the_api_answers_503(owner, embedder, tmp_path):
+    settings = worker_settings(owner, home=tmp_path, require_keys=False)  # no API serves on this home
     with Runtime(settings, embedder) as worker:
         with pytest.raises(GalleryUnavailable) as away:
             worker.gallery()
@@ -184,3 +231,24 @@ def test_an_owner_away_is_a_fault_jobs_retry_and_the_api_answers_503(owner, embe
         answer = replica.get("/v1/collections")
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "gallery_unavailable"
         assert answer.headers["Retry-After"]
+
+
+def test_an_owner_stopped_and_started_again(tmp_path, embedder):
+    """Stopping ends every connection and removes the socket; clients fail as jobs retry, then carry on when
+    the API is back, even over a socket file a killed API left behind."""
+    api = Uvicorn(owner_settings(tmp_path), embedder)
+    gallery = OwnedGalleryClient(api.socket, TOKEN, "restarted", DIM)
+    gallery.upsert(POINTS[:5])
+    assert len(lender_threads(api)) == 2  # accepting, and serving this client
+    api.stop()
+    assert not api.socket.exists() and lender_threads(api) == []
+    with pytest.raises(GalleryUnavailable, match="cannot be reached"):
+        gallery.count()
+    with socket.socket(socket.AF_UNIX) as left:  # what an API killed with SIGKILL leaves
+        left.bind(str(api.socket))
+    api = Uvicorn(owner_settings(tmp_path), embedder)
+    try:
+        assert gallery.count() == 5
+    finally:
+        gallery.close()
+        api.stop()

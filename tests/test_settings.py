@@ -50,7 +50,7 @@ def test_environment_overrides_and_empty_means_unset(monkeypatch):
     monkeypatch.setenv("GEOLOC_CHECKPOINT", "")
     s = Settings()
     assert (s.batch_size, s.qdrant_shards, s.device, s.max_pixels, s.checkpoint) == (8, 3, "cpu", 50_000_000, None)
-    assert not s.edge_shared  # workers send their gallery operations to the API (GEOLOC_GALLERY_OWNER_URL)
+    assert not s.edge_shared  # workers send their gallery operations to the API (GEOLOC_GALLERY_VIA_API)
     assert Settings(broker_url=None, batch_size=2).broker_url is None  # keywords win over the environment
 
 

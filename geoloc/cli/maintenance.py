@@ -49,12 +49,12 @@ def register(sub) -> None:
                                 "unfinished job needs, once older than GEOLOC_SPOOL_MAX_AGE seconds, or sooner, "
                                 "oldest first, while together they weigh more than GEOLOC_SPOOL_MAX_BYTES. The "
                                 "API also sweeps when it starts. Needs the gallery: with an embedded one, run it "
-                                "while no server holds it, or beside the serving API (GEOLOC_GALLERY_OWNER_URL).")
+                                "while no server holds it, or beside the serving API (GEOLOC_GALLERY_VIA_API=1).")
     s.add_argument("--max-age", type=int, help="seconds (default GEOLOC_SPOOL_MAX_AGE, 3600)")
     s.add_argument("--max-bytes", type=int, help="bytes (default GEOLOC_SPOOL_MAX_BYTES, 1 GiB)")
     add_command(tasks, "index", cmd_index, help="build the gallery's vector index (HNSW) of every model's store",
                 description="Builds the HNSW index of every model's store, as the embedded gallery does on its own "
                             "after GEOLOC_INDEX_AFTER_UPSERTS upserted photos: on a copy, by another process, so "
                             "that searches go on meanwhile (a Qdrant server indexes by itself: nothing to do). "
-                            "With an embedded gallery held by a serving API (GEOLOC_GALLERY_OWNER_URL), that API "
+                            "With an embedded gallery held by a serving API (GEOLOC_GALLERY_VIA_API=1), that API "
                             "builds it; POST /v1/maintenance/index does the same as a job.")
