@@ -1,23 +1,33 @@
 """Latency of locating one photo, layer by layer, against the backbone alone on the same photo, in one run.
 
-    .venv/bin/python bench/locate.py [--repeats 50] [--gallery 1000] [--cli-repeats 5] [--manifest CSV]
+    .venv/bin/python bench/locate.py [--repeats 50] [--gallery 1000] [--cli-repeats 5] [--threads 2] [--manifest CSV]
 
-Baseline: Backbone.features on one decoded photo in memory (batch of one, warm), timed in turn with the
-in-process and the HTTP repetitions (and back to back, its best case, for reference).
+Baseline: Backbone.features (Embedder.features: preprocessing + forward pass) on one decoded photo in memory,
+batch of one, warm, timed inside the thread that runs it, where the server runs its forward passes: one thread
+that runs every forward pass of its phase and was warmed up there, at the same torch thread count (--threads
+here, GEOLOC_TORCH_THREADS and OMP_NUM_THREADS in the server), so the ratios compare like with like (a forward
+pass from a second thread of a process that has run one on another thread can be much slower). In the
+in-process phase the baseline runs on the services' own batcher thread, beside the locates' forward passes; in
+the HTTP phase on a batcher thread of this process, alternating with the server's. Each phase alternates its
+repetitions with the baseline's (and, back to back, the baseline's best case, for reference); the gallery is
+indexed by `geoloc index` in a subprocess, so no other thread of this process has run the model.
 In-process: the API's path from the photo's bytes over the API's own Services, started as a server starts them
 (open_image + to_rgb, serving(), Locator(...), the cached check_ready(), the features through the batcher,
 locate_features(), to_dict()), its parts timed by a Locator subclass and thin wrappers that call the product's
-own methods. HTTP: POST /v1/locate to a real `geoloc serve` on loopback, one client; a fresh server's start
-(until it accepts connections, model loaded) and first request are timed apart.
+own methods. HTTP: POST /v1/locate to a real `geoloc serve` on loopback (GEOLOC_REQUIRE_KEYS=0), one client
+whose multipart body is built once (by httpx) and sent on one kept-alive connection (http.client), so the
+client costs almost nothing; a fresh server's start (until it accepts connections, model loaded) and first
+request are timed apart.
 CLI: `geoloc locate ONE.jpg` against `python -c 'import torch, timm'`, alternated.
 Gallery: the manifest's first --gallery photos in a fresh GEOLOC_HOME (or --home, kept); the query photo is a
-later one by a photographer the gallery lacks. --threads torch threads (2) here and in the subprocesses.
+later one by a photographer the gallery lacks.
 Results: bench/results/locate.json; each phase's `other_cores` says how much the shared machine disturbed it.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -36,8 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import WARMUP, Watch, alternate, prepare, seconds, server, stats  # noqa: E402
+from geoloc.batching import Batcher  # noqa: E402
 from geoloc.embedding import Embedder  # noqa: E402
-from geoloc.indexing import index_source  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
 from geoloc.locate import Locator  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
@@ -126,26 +136,41 @@ def locate_once(services, data: bytes, clock: Clock) -> dict:
             return answer.to_dict()
 
 
+class Forward:
+    """The baseline: the backbone on one photo, run on one thread (`through(images)`: a batcher's) and timed inside
+    it, so the hand-off to that thread is not counted."""
+    def __init__(self, through, image, clock: Clock):
+        self.through, self.image, self.clock, self.times = through, image, clock, []
+
+    def __call__(self) -> None:
+        self.through([self.image])
+        self.times.append(self.clock.laps["preprocess+backbone"].pop())
+
+
 def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Embedder]:
     """Services started as a server starts them (the model's batcher running TimedEmbedder), then warm locates
-    alternating with the baseline; the start and the first locate after it are reported apart."""
+    alternating with the baseline on the same batcher thread; the start and the first locate after it are
+    reported apart."""
     clock, image, settings, start = Clock(), to_rgb(open_image(data)), Settings(), time.perf_counter()
     services = build_services(settings, TimedEmbedder(Embedder.from_settings(settings), clock))
     services.start()
     started = time.perf_counter() - start
-    embedder = Embedder(services.runtime.embedder.backbone)  # the baseline: the same backbone, untimed
     cold = seconds(lambda: locate_once(services, data, clock))
     first = locate_once(services, data, clock)
     clock.laps.clear()
-    _, baseline = alternate(lambda: locate_once(services, data, clock), lambda: embedder.features([image]), repeats)
+    baseline = Forward(lambda images: services.features(services.embedder, images), image, clock)
+    alternate(lambda: locate_once(services, data, clock), baseline, repeats)
     clock.laps = {name: laps[WARMUP:] for name, laps in clock.laps.items()}
     clock.laps["batcher hop"] = [b - f for b, f in zip(clock.laps.pop("batched features"),
                                                        clock.laps["preprocess+backbone"])]
-    services.close()  # the embedded gallery admits one process at a time: the server opens it next
     # the backbone back to back, nothing between calls: its best case, for reference (ratios use the alternated one)
-    back_to_back = [seconds(lambda: embedder.features([image])) for _ in range(repeats)]
-    return clock, baseline, {"start_s": round(started, 3), "cold_first_locate_s": round(cold, 3), "answer": first,
-                             "back_to_back": stats(back_to_back)}, embedder
+    back_to_back = Forward(baseline.through, image, clock)
+    for _ in range(repeats):
+        back_to_back()
+    services.close()  # the embedded gallery admits one process at a time: the server opens it next
+    embedder = Embedder(services.runtime.embedder.backbone)  # the same backbone, for the HTTP phase's baseline
+    return clock, baseline.times[WARMUP:], {"start_s": round(started, 3), "cold_first_locate_s": round(cold, 3),
+                                            "answer": first, "back_to_back": stats(back_to_back.times)}, embedder
 
 
 def large_decode(data: bytes, repeats: int) -> dict:
@@ -161,15 +186,31 @@ def large_decode(data: bytes, repeats: int) -> dict:
 
 
 def over_http(env: dict, work: Path, query: Path, data: bytes, embedder: Embedder, repeats: int) -> dict:
-    """Warm POSTs alternating with the baseline in this process (whose gallery is closed by now)."""
-    image, files = to_rgb(open_image(data)), {"photo": (query.name, data, "image/jpeg")}
+    """Warm POSTs, one body built once and sent on one kept-alive connection, alternating with the baseline on
+    a batcher thread of this process (whose gallery is closed by now)."""
+    clock = Clock()
+    forward = Batcher(TimedEmbedder(embedder, clock).features, name="bench-baseline")
+    baseline = Forward(forward, to_rgb(open_image(data)), clock)
     with server(env, work) as (client, started):
+        request = client.build_request("POST", "/v1/locate", files={"photo": (query.name, data, "image/jpeg")})
+        body, headers = request.read(), dict(request.headers)
+        connection = http.client.HTTPConnection(client.base_url.host, client.base_url.port, timeout=120)
+
+        def post() -> bytes:
+            connection.request("POST", "/v1/locate", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"POST /v1/locate answered {response.status}: {answer[:500]!r}")
+            return answer
+
         start = time.perf_counter()
-        answer = client.post("/v1/locate", files=files).raise_for_status().json()
+        answer = json.loads(post())
         cold = time.perf_counter() - start
-        http, baseline = alternate(lambda: client.post("/v1/locate", files=files).raise_for_status(),
-                                   lambda: embedder.features([image]), repeats)
-    return {"http": http, "baseline": baseline, "server_up_s": round(started, 3),
+        http_times, _ = alternate(post, baseline, repeats)
+        connection.close()
+    forward.close()
+    return {"http": http_times, "baseline": baseline.times[WARMUP:], "server_up_s": round(started, 3),
             "cold_first_request_s": round(cold, 3), "answer": answer}
 
 
@@ -199,9 +240,11 @@ def run(args, work: Path) -> dict:
         os.environ[name] = env[name]
     gallery_csv, query = prepare(Path(args.manifest), args.gallery, work)
     data, watch = query.read_bytes(), Watch()
-    with watch.phase("index"), Runtime(Settings()) as runtime:
-        index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
-        indexed = runtime.gallery().count()
+    with watch.phase("index"):  # in a subprocess: no thread of this one runs the model before the baseline's
+        subprocess.run([str(ROOT / ".venv/bin/geoloc"), "index", str(gallery_csv), "--collection", "bench"], env=env,
+                       check=True, capture_output=True)
+        with Runtime(Settings()) as runtime:
+            indexed = runtime.gallery().count()
     with watch.phase("in_process"):
         clock, base_in, cold, embedder = in_process(data, args.repeats)
     with watch.phase("decode_12mp"):
