@@ -153,6 +153,13 @@ class Gallery(ABC):
     def optimize(self) -> None:
         """Maintenance: build the vector index where the backend does not do it in the background."""
 
+    def index_pending(self) -> bool:
+        """An index build is under way, or due after this process's writes: one a closing process would lose."""
+        return False
+
+    def finish_index(self) -> None:
+        """For a process about to close after writing: let the build under way end, then build if one is due."""
+
     def delete_collection(self, name: str) -> int:
         return self.delete(SearchFilter(collections=[name]))
 

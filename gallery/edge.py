@@ -283,6 +283,12 @@ class EdgeGallery(QdrantGallery):
         """Merge segments and build HNSW, searches going on meanwhile; returns when the new index serves."""
         self.index.build()
 
+    def index_pending(self) -> bool:
+        return self.index.pending
+
+    def finish_index(self) -> None:
+        self.index.settle()
+
     @_on_disk
     def _flush(self) -> None:
         self._shard.flush()

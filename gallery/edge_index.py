@@ -49,7 +49,7 @@ class IndexBuilder:
         """Count upserted points; past the threshold, start a build in the background unless one runs."""
         with self._starting:
             self.upserts += points
-            if not self.after_upserts or self.upserts < self.after_upserts or self.running or self._stopping:
+            if not self._due or self.running or self._stopping:
                 return
             self._thread = threading.Thread(target=self._build_quietly, name="geoloc-index", daemon=True)
             self._thread.start()
@@ -57,6 +57,20 @@ class IndexBuilder:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def pending(self) -> bool:
+        return self.running or self._due
+
+    @property
+    def _due(self) -> bool:
+        return bool(self.after_upserts) and self.upserts >= self.after_upserts
+
+    def settle(self) -> None:
+        """Wait for the build under way; then build if enough upserts came meanwhile (a one-shot command's end)."""
+        self.wait()
+        if self._due:
+            self.build()
 
     def wait(self, timeout: float | None = None) -> None:
         """Until the build started in the background, if any, is done."""

@@ -109,6 +109,38 @@ def test_index_builds_on_its_own_after_the_configured_upserts(tmp_path):
         gallery.close()
 
 
+def test_a_closing_writer_lets_the_build_end_then_builds_what_is_due(tmp_path):
+    gallery = EdgeGallery(tmp_path / "g", DIM, tuning=GalleryTuning(index_after_upserts=100))
+    try:
+        made = points(400)
+        gallery.upsert(made[:150])  # a build starts in the background
+        assert gallery.index_pending()
+        gallery.finish_index()
+        assert not gallery.index.running and gallery.index.builds == 1 and not gallery.index_pending()
+        gallery.index.after_upserts = 0  # no build of its own: the next writes leave one due
+        gallery.upsert(made[150:])
+        gallery.index.after_upserts = 100
+        assert gallery.index_pending() and not gallery.index.running
+        gallery.finish_index()
+        assert gallery.index.builds == 2 and gallery.index.last["points"] == 400 and not gallery.index_pending()
+    finally:
+        gallery.close()
+
+
+def test_the_index_command_leaves_no_build_to_be_discarded(tmp_path, monkeypatch, capsys):
+    from tests.services import DATA, manifest_rows
+
+    monkeypatch.setenv("GEOLOC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "3")
+    manifest = tmp_path / "photos.csv"
+    manifest.write_text("filename,lat,lon\n" + "".join(f"{DATA / 'images' / r['filename']},{r['lat']},{r['lon']}\n"
+                                                      for r in manifest_rows(5)))
+    assert main(["index", str(manifest), "--collection", "news"]) == 0
+    assert "building the gallery's search index" in capsys.readouterr().err
+    with open_gallery(Settings()) as gallery:
+        assert gallery.count() == 5 and not (gallery.path / BUILD_DIR).exists()
+
+
 def test_writes_made_while_the_copy_is_indexed_are_kept(tmp_path):
     gallery = EdgeGallery(tmp_path / "g", DIM, tuning=MANUAL)
     made = points(300)
