@@ -160,6 +160,10 @@ class Gallery(ABC):
     def finish_index(self) -> None:
         """For a process about to close after writing: let the build under way end, then build if one is due."""
 
+    def stop_maintenance(self) -> None:
+        """End long maintenance under way (an index build, whose copy is dropped): a closing process must not
+        wait minutes for it. The gallery still answers until it is closed."""
+
     def delete_collection(self, name: str) -> int:
         return self.delete(SearchFilter(collections=[name]))
 

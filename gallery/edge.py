@@ -289,6 +289,9 @@ class EdgeGallery(QdrantGallery):
     def finish_index(self) -> None:
         self.index.settle()
 
+    def stop_maintenance(self) -> None:
+        self.index.stop()
+
     @_on_disk
     def _flush(self) -> None:
         self._shard.flush()

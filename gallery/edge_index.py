@@ -110,6 +110,8 @@ class IndexBuilder:
             self._child = subprocess.Popen([sys.executable, "-m", __name__, str(shard_dir)],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _, err = self._child.communicate()
+        if self._child.returncode != 0 and self._stopping:
+            raise GalleryError(f"the index build was stopped: the gallery at {self.gallery.path} is closing")
         if self._child.returncode != 0:
             raise GalleryError(f"building the gallery index failed: {err.strip()[-500:] or self._child.returncode}")
 

@@ -217,6 +217,8 @@ class Runtime:
 
     def close(self) -> None:
         with self._lock:
+            for gallery in self._galleries.values():
+                gallery.stop_maintenance()  # a running index job then ends at once instead of holding the close
             if self._runner is not None:
                 self._runner.close()
             for gallery in self._galleries.values():

@@ -5,6 +5,8 @@ from the environment reach the engine."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 
 import numpy as np
@@ -23,6 +25,7 @@ from geoloc.search_api.app import create_app
 from geoloc.search_api.services import build_services
 from tests.api_helpers import wait_for_job
 from tests.gallery_helpers import token_at_level
+from tests.services import wait_until
 
 DIM, MODEL = 16, "test-model-v1"
 MANUAL = GalleryTuning(index_after_upserts=0)
@@ -90,6 +93,27 @@ def test_api_index_job_for_admins_only(tmp_path, embedder):
             assert_exact(services.gallery(), [p.vector for p in points(10, embedder.dim, seed=1)])
     finally:
         services.close()
+
+
+def test_closing_the_api_ends_its_running_index_job_at_once(tmp_path, embedder):
+    """The build's process is frozen (SIGSTOP), so only the close can end it: the job fails saying why, the
+    gallery keeps every photo and no half-built copy."""
+    settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None)
+    services = build_services(settings, embedder)
+    gallery = services.gallery()
+    gallery.upsert(points(200, embedder.dim, embedder.model_id))
+    job_id = services.jobs.build_index("tests", 200)
+    try:
+        wait_until(lambda: gallery.index._child is not None, 30, "the index build's process")
+        child = gallery.index._child
+        os.kill(child.pid, signal.SIGSTOP)
+    finally:
+        services.close()
+    assert child.poll() is not None
+    job = services.jobs.store.get(job_id)
+    assert job["state"] == "failed" and "closing" in job["error"]
+    with EdgeGallery(gallery.path, tuning=MANUAL) as again:
+        assert again.count() == 200 and not (again.path / BUILD_DIR).exists()
 
 
 def test_index_builds_on_its_own_after_the_configured_upserts(tmp_path):
