@@ -173,6 +173,7 @@ def fit(signals: np.ndarray, errors_km, groups=None, names=SIGNALS, **info) -> C
 def _regression(z: np.ndarray, y: np.ndarray, groups) -> tuple:
     """The fitted logistic regression and its C (chosen by grouped inner cross-validation when possible)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, make_scorer
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 
     model = LogisticRegression(C=1.0, max_iter=2000)
@@ -182,7 +183,9 @@ def _regression(z: np.ndarray, y: np.ndarray, groups) -> tuple:
     splits = list(StratifiedGroupKFold(n_splits=folds).split(z, y, groups))
     if any(len(np.unique(y[train])) < 2 for train, _ in splits):
         return model.fit(z, y), 1.0
-    search = GridSearchCV(model, {"C": list(C_GRID)}, cv=splits, scoring="neg_log_loss").fit(z, y)
+    # a held-out part may lack hits (rare at 1 km): the loss is still defined over both labels
+    loss = make_scorer(log_loss, greater_is_better=False, response_method="predict_proba", labels=[False, True])
+    search = GridSearchCV(model, {"C": list(C_GRID)}, cv=splits, scoring=loss, error_score="raise").fit(z, y)
     return search.best_estimator_, float(search.best_params_["C"])
 
 
