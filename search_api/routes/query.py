@@ -19,7 +19,7 @@ from geoloc.cells import corners
 from geoloc.geodesy import haversine_km
 from geoloc.locate import Locator
 from geoloc.places import nearest_places
-from geoloc.search_api.audit_requests import details
+from geoloc.search_api.audit_requests import answered, details
 from geoloc.search_api.auth import Caller, Svc
 from geoloc.search_api.errors import ERROR_RESPONSES, ApiError, documented
 from geoloc.search_api.routes.common import checked_json, parse_collections, photo_url, read_photo
@@ -53,13 +53,17 @@ async def batch_within_limit(request: Request) -> None:
 Batch = Depends(batch_within_limit)
 
 
-def _answered(model: TypeAdapter, audit: dict, answers: list[dict], what: list[dict]):
-    """One photo: its answer as is; several: {"answers": [...]}. The audit line records each."""
+def _answered(model: TypeAdapter, request: Request, audit: dict, answers: list[dict], what: list[dict]):
+    """One photo: its answer as is; several: {"answers": [...]}. The audit line records each, written here once
+    the answer is checked."""
     if len(answers) == 1:
         audit.update(what[0])
-        return checked_json(model, answers[0])
-    audit["answers"] = what
-    return checked_json(model, {"answers": answers})
+        response = checked_json(model, answers[0])
+    else:
+        audit["answers"] = what
+        response = checked_json(model, {"answers": answers})
+    answered(request)
+    return response
 
 
 @router.post("/locate", response_model=LocateResponse | LocateAnswers, dependencies=[Batch],
@@ -67,7 +71,7 @@ def _answered(model: TypeAdapter, audit: dict, answers: list[dict], what: list[d
              description="The estimated location, its evidence (the most similar located photos) and, "
                          "with a model bundle, the likely cells and a confidence. With a bundle the search "
                          "is Search-within-Cell: the top K inside the predicted cell(s).")
-def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
+def locate(request: Request, svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
            collections: CollectionsField = None,
            top_cells: Annotated[int, Form(ge=1, le=20, description="With a bundle or a prior: cells to search")] = 1,
            aggregator: Annotated[Literal[AGGREGATORS.names()], Form(
@@ -93,7 +97,7 @@ def locate(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 1
     answers = [_located(a.to_dict(), scope, embedder.model_id) for a in located]
     what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
                         "cell": (a["cell"] or {}).get("token"), "confidence": a["confidence"]}} for a in answers]
-    return _answered(LOCATED, audit, answers, what)
+    return _answered(LOCATED, request, audit, answers, what)
 
 
 def _located(answer: dict, scope: list[str] | None, model: str) -> dict:
@@ -107,7 +111,7 @@ def _located(answer: dict, scope: list[str] | None, model: str) -> dict:
 @router.post("/similar", response_model=SimilarResponse | SimilarAnswers, dependencies=[Batch],
              summary="The most similar located photos",
              description="Plain retrieval, optionally only within `radius_km` of (`lat`, `lon`).")
-def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
+def similar(request: Request, svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 10,
             collections: CollectionsField = None,
             lat: Annotated[float | None, Form(ge=-90, le=90, description="Centre latitude")] = None,
             lon: Annotated[float | None, Form(ge=-180, le=180, description="Centre longitude")] = None,
@@ -127,7 +131,7 @@ def similar(svc: Svc, key: Caller, audit: Audit, photo: PhotoField, k: KField = 
         hits = gallery.search(vector, k, SearchFilter(collections=scope, radius=centre))
         answers.append({"neighbours": _neighbours(hits, centre), "collections": scope, "model": embedder.model_id})
         what.append({"results": len(hits), **({"answer": {"lat": hits[0].lat, "lon": hits[0].lon}} if hits else {})})
-    return _answered(SIMILAR, audit, answers, what)
+    return _answered(SIMILAR, request, audit, answers, what)
 
 
 def _neighbours(hits: list, centre: tuple | None) -> list[dict]:
