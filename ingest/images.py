@@ -53,4 +53,4 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken orientation tag must not lose the photo
         pass
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # converting to its own mode only copies
