@@ -96,6 +96,13 @@ def _loaded() -> _Gazetteer:
     return _gazetteer
 
 
+def load_in_background() -> None:
+    """Read the place names on a thread of their own while the caller loads and runs its model (whose work
+    mostly releases the interpreter lock): a one-shot command then does not pay for them in turn."""
+    if _gazetteer is None:
+        threading.Thread(target=_loaded, name="geoloc-places", daemon=True).start()
+
+
 def nearest_places(lats, lons) -> list[Place]:
     """The nearest populated place to each point (degrees; any shapes that broadcast), in flattened order.
 
