@@ -29,6 +29,7 @@ class Quotas:
         uri = settings.broker_url or "memory://"
         options = {"socket_connect_timeout": 2, "socket_timeout": 2} if settings.broker_url else {}
         self.limiter = FixedWindowRateLimiter(storage_from_string(uri, **options))
+        self.blocking = bool(settings.broker_url)  # counted over the network: charge from a worker thread
 
     def limits_of(self, key: ApiKey) -> tuple[RateLimitItem, RateLimitItem]:
         """(requests, photos) the key may send per window: its own quotas, else the server's."""
