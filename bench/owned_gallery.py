@@ -136,6 +136,7 @@ def serve(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def measure(args, tmp: Path) -> dict:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     rng = np.random.default_rng(0)
     settings = Settings(home=tmp / "home", broker_url=None, qdrant_url=None, gallery_shared=False, bundle=None)
     started = time.perf_counter()
@@ -160,7 +161,8 @@ def measure(args, tmp: Path) -> dict:
         api.wait(timeout=30)
     return {"photos": args.photos, "dim": DIM, "repeats": args.repeats, "photos_in_searched_cell": cell_photos,
             "build_s": round(built_s, 1), "cores": os.cpu_count(), "operations": results,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # other work on the machine meanwhile
+            "load_average_at_start": load_at_start,  # other work on the machine (1, 5, 15 minutes)
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "command": "bench/owned_gallery.py " + " ".join(sys.argv[1:])}
 
 
