@@ -16,7 +16,6 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import softmax
 
 from geoloc.embedding import l2_normalise
 from geoloc.gallery.base import Gallery, SearchFilter
@@ -95,6 +94,8 @@ class ZeroShotPrior:
 
     def probabilities(self, features: np.ndarray) -> tuple[Partition, np.ndarray]:
         """The partition, and (n, cells) probabilities for n photos' image features."""
+        from scipy.special import softmax  # here: importing it costs every locate command 0.3 s
+
         texts = self.cells()
         logits = self.scale * (l2_normalise(features) @ texts.embeddings.T)
         return texts.partition, softmax(logits.astype(np.float64), axis=1)
