@@ -294,24 +294,28 @@ def _chunks(values: list, size: int) -> list[list]:
 
 
 class Jobs:
-    """Creates jobs, splits them into batches and hands the batches to a runner."""
+    """Creates jobs, splits them into batches and hands the batches to a runner; index builds go to
+    `maintenance` when given (see Runtime.maintenance_runner)."""
 
-    def __init__(self, store: JobStore, runner: Runner, batch_size: int):
+    def __init__(self, store: JobStore, runner: Runner, batch_size: int, maintenance: Runner | None = None):
         self.store, self.runner, self.batch_size = store, runner, max(1, batch_size)
+        self.maintenance = maintenance
 
     def get(self, job_id: str) -> dict | None:
         return self.store.get(job_id)
 
     def _submit(self, kind: str, task: str, collection: str, owner: str, total: int,
-                payloads: list[dict], pre: Outcome | None = None, originals: list[str] | None = None) -> str:
+                payloads: list[dict], pre: Outcome | None = None, originals: list[str] | None = None,
+                runner: Runner | None = None) -> str:
         job_id = self.store.create(kind, collection, total, len(payloads), owner, pre, originals)
         for number, payload in enumerate(payloads, start=1):
-            self.runner.submit(task, {"job_id": job_id, "batch": number, "collection": collection, **payload})
+            (runner or self.runner).submit(task, {"job_id": job_id, "batch": number, "collection": collection,
+                                                  **payload})
         return job_id
 
     def build_index(self, owner: str, points: int) -> str:
         """Queue a build of every store's vector index over a gallery of `points` photos; its job id."""
-        return self._submit("index", INDEX_TASK, ALL_COLLECTIONS, owner, points, [{}])
+        return self._submit("index", INDEX_TASK, ALL_COLLECTIONS, owner, points, [{}], runner=self.maintenance)
 
     def index(self, collection: str, items: list[dict], owner: str, pre: Outcome | None = None,
               kind: str = "upload", roots: Iterable[Path] | None = None, originals: list[str] | None = None) -> str:

@@ -52,6 +52,7 @@ class Runtime:
         self._galleries: dict[str, Gallery] = {}
         self._store: JobStore | None = None
         self._runner: Runner | None = None
+        self._maintenance: Runner | None = None
         self._pinned: dict[str, Embedder] = {}  # encoder settings -> the model they build
         self._serving_read: tuple[tuple | None, str | None] = (None, None)  # (models.json's stat, its serving id)
         self._lock = threading.RLock()
@@ -212,18 +213,35 @@ class Runtime:
         return InProcessRunner(self.job_context, self.job_store(), self.settings.task_retries,
                                self.settings.task_retry_delay)
 
+    def maintenance_runner(self) -> Runner:
+        """A thread of this process for index builds, with or without a broker: a build runs where the gallery
+        is held (here, or in the Qdrant server, where it returns at once) and takes as long as the gallery is
+        large, which a worker's task time limit would cut short and the broker would then hand out again.
+        Index jobs a stopped server left unfinished are cancelled (with a server backend one lasts
+        milliseconds, so another replica's restart cannot catch one running)."""
+        with self._lock:
+            if self._maintenance is None:
+                store = self.job_store()
+                for job in store.unfinished():
+                    if job["kind"] == "index":
+                        store.cancel(job["id"], "the server stopped before this index build ended: start it again")
+                self._maintenance = InProcessRunner(self.job_context, store, self.settings.task_retries,
+                                                    self.settings.task_retry_delay)
+            return self._maintenance
+
     def jobs(self) -> Jobs:
-        return Jobs(self.job_store(), self.runner(), self.settings.job_batch)
+        return Jobs(self.job_store(), self.runner(), self.settings.job_batch, self.maintenance_runner())
 
     def close(self) -> None:
         with self._lock:
             for gallery in self._galleries.values():
                 gallery.stop_maintenance()  # a running index job then ends at once instead of holding the close
-            if self._runner is not None:
-                self._runner.close()
+            for runner in (self._maintenance, self._runner):
+                if runner is not None:
+                    runner.close()
             for gallery in self._galleries.values():
                 gallery.close()
-            self._runner, self._galleries = None, {}
+            self._runner, self._maintenance, self._galleries = None, None, {}
 
     def __enter__(self) -> Runtime:
         return self

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from geoloc import job_store
 from geoloc.cells import leaf_range
 from geoloc.cli import main
 from geoloc.gallery.base import GalleryPoint, SearchFilter, make_payload
@@ -91,6 +92,24 @@ def test_api_index_job_for_admins_only(tmp_path, embedder):
             done = wait_for_job(client, headers, job["id"])
             assert (done["state"], done["done"]) == ("succeeded", 200)
             assert_exact(services.gallery(), [p.vector for p in points(10, embedder.dim, seed=1)])
+    finally:
+        services.close()
+
+
+def test_with_a_broker_the_api_builds_the_index_itself(tmp_path, embedder, redis_url):
+    """No worker runs: a build handed to the broker would wait for ever (and a worker's time limit would cut a
+    long one short); the API's own maintenance thread builds it. An index job a stopped server left behind is
+    cancelled at start."""
+    settings = Settings(home=tmp_path, broker_url=redis_url.rsplit("/", 1)[0] + "/5", qdrant_url=None,
+                        gallery_shared=False, bundle=None)
+    stale = job_store.open_job_store(settings).create("index", "*", 10, 1, "earlier")
+    services = build_services(settings, embedder)
+    try:
+        assert services.jobs.get(stale)["state"] == "cancelled"
+        services.gallery().upsert(points(200, embedder.dim, embedder.model_id))
+        job_id = services.jobs.build_index("tests", 200)
+        wait_until(lambda: services.jobs.get(job_id)["state"] == "succeeded", 60, "the index job")
+        assert services.jobs.get(job_id)["done"] == 200
     finally:
         services.close()
 
