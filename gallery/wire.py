@@ -9,10 +9,10 @@ Layout: header length (uint32 little-endian), header (UTF-8 JSON), rows x dim fl
 from __future__ import annotations
 
 import dataclasses
-import json
 import struct
 
 import numpy as np
+import orjson
 
 from geoloc.gallery.base import Hit, SearchFilter
 
@@ -24,7 +24,7 @@ def pack(header: dict, vectors: np.ndarray | None = None) -> bytes:
     if vectors is not None:
         vectors = np.ascontiguousarray(vectors, dtype=_FLOAT)
         header = {**header, "shape": list(vectors.shape)}
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)
     return b"".join([_LENGTH.pack(len(head)), head, b"" if vectors is None else vectors.tobytes()])
 
 
@@ -34,7 +34,7 @@ def unpack(body: bytes) -> tuple[dict, np.ndarray | None]:
         raise ValueError("a gallery message shorter than its header length")
     (length,) = _LENGTH.unpack_from(body)
     end = _LENGTH.size + length
-    header = json.loads(body[_LENGTH.size:end])
+    header = orjson.loads(body[_LENGTH.size:end])
     if not isinstance(header, dict):
         raise ValueError("a gallery message's header is not a JSON object")
     shape = header.pop("shape", None)
