@@ -10,7 +10,8 @@ lends it on), as a worker does.
 Operations, each timed alternately on the two, in a random order per repetition, after warm-up:
   search: top-10 among the photos of one S2 level-2 cell (and the collection), as a cell-restricted locate asks;
   upsert: a batch of 64 new photos (a job's batch);
-  count: the photos of the collection.
+  count: the photos of the collection;
+  retrieve: 10 photos by id; scroll: the first page of 512 photos of the collection (payloads, no vectors).
 For context, the same operations on the shard taken in turns per operation (gallery.shared, GEOLOC_GALLERY_
 SHARED), a few repetitions before the API starts. Results: bench/results/owned_gallery.json.
 """
@@ -18,6 +19,7 @@ SHARED), a few repetitions before the API starts. Results: bench/results/owned_g
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -75,12 +77,21 @@ def operations(rng: np.random.Generator, batches: int) -> tuple[dict, SearchFilt
     new = [points(rng, BATCH) for _ in range(batches)]
     pending = {}  # each gallery takes the same batches, in the same order
 
+    every, ids = SearchFilter(collections=["bench"]), []
+
     def upsert(gallery):
         gallery.upsert(next(pending.setdefault(id(gallery), iter(new))))
 
+    def retrieve(gallery):
+        if not ids:  # the same photos in every copy of the gallery
+            ids.extend(hit.id for hit in itertools.islice(gallery.scroll(every, batch=10), 10))
+        gallery.retrieve(ids)
+
     ops = {"search (cell filter, top 10)": lambda g: g.search(query, 10, in_cell),
            f"upsert ({BATCH} photos)": upsert,
-           "count (collection)": lambda g: g.count(SearchFilter(collections=["bench"]))}
+           "count (collection)": lambda g: g.count(every),
+           "retrieve (10 ids)": retrieve,
+           "scroll (a page of 512)": lambda g: list(itertools.islice(g.scroll(every, batch=512), 512))}
     return ops, in_cell
 
 
