@@ -17,7 +17,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -29,6 +31,7 @@ from geoloc.evaluation import calibration_metrics
 
 RADII_KM = (1, 25, 200, 750, 2500)
 AGREEMENT_KM = (25, 200, 750, 2500)
+_AGREEMENT = np.array(AGREEMENT_KM, dtype=np.float64)
 NEIGHBOUR_SIGNALS = ("sim_top1", "sim_margin", "sim_range", "sim_mean", "sim_support", "support_margin",
                      *(f"agree_{r}km" for r in AGREEMENT_KM), "cluster_fraction", "support_log_km")
 CELL_SIGNALS = ("cell_top", "cell_margin", "cell_entropy")
@@ -62,9 +65,9 @@ def answer_signals(similarities, km_to_answer, support) -> dict[str, float]:
     best_against = raw[~rests_on].max() if (~rests_on).any() else s[-1]
     signals = {"sim_top1": s[0], "sim_margin": s[0] - s[1] if s.size > 1 else 0.0, "sim_range": s[0] - s[-1],
                "sim_mean": s.mean(), "sim_support": best_for, "support_margin": best_for - best_against,
-               **{f"agree_{r}km": np.mean(km <= r) for r in AGREEMENT_KM},
+               **dict(zip((f"agree_{r}km" for r in AGREEMENT_KM), (km[:, None] <= _AGREEMENT).mean(axis=0))),
                "cluster_fraction": len(support) / s.size,
-               "support_log_km": np.log1p(np.median(km[rests_on])),
+               "support_log_km": math.log1p(statistics.median(km[rests_on].tolist())),  # numpy's: 50 us here
                "no_neighbours": 0.0, **NO_CELLS}
     return {name: float(value) for name, value in signals.items()}
 
