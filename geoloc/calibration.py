@@ -107,9 +107,9 @@ class Calibrator:
     intercept: np.ndarray  # (radii,)
     info: dict = field(default_factory=dict)  # model_id, bundle_id, n, fitted, settings, metrics, default
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """"default" for the shipped calibrator, else a digest of the file's content."""
+        """"default" for the shipped calibrator, else a digest of the file's content (once: 0.2 ms)."""
         if self.info.get("default"):
             return DEFAULT_ID
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
