@@ -222,9 +222,7 @@ class Runtime:
         with self._lock:
             if self._maintenance is None:
                 store = self.job_store()
-                for job in store.unfinished():
-                    if job["kind"] == "index":
-                        store.cancel(job["id"], "the server stopped before this index build ended: start it again")
+                _cancel_stale_index_jobs(store)
                 self._maintenance = InProcessRunner(self.job_context, store, self.settings.task_retries,
                                                     self.settings.task_retry_delay)
             return self._maintenance
@@ -248,3 +246,14 @@ class Runtime:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _cancel_stale_index_jobs(store: JobStore) -> None:
+    """Cancel the index jobs a stopped server left unfinished; a job store out of reach (a broker down at
+    start) only delays that to the next start: the server still starts, and its job routes answer 503."""
+    try:
+        for job in store.unfinished():
+            if job["kind"] == "index":
+                store.cancel(job["id"], "the server stopped before this index build ended: start it again")
+    except Exception as exc:  # noqa: BLE001 - whichever store: Redis's errors are not OSErrors
+        log.warning("could not look for index jobs a stopped server left: %s", exc)
