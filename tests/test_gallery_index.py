@@ -123,7 +123,7 @@ def test_closing_the_api_ends_its_running_index_job_at_once(tmp_path, embedder):
     gallery.upsert(points(200, embedder.dim, embedder.model_id))
     job_id = services.jobs.build_index("tests", 200)
     try:
-        wait_until(lambda: gallery.index._child is not None, 30, "the index build's process")
+        wait_until(lambda: gallery.index._child is not None, 30, "the index build's process", poll_s=0.005)
         child = gallery.index._child
         os.kill(child.pid, signal.SIGSTOP)
     finally:
