@@ -36,7 +36,7 @@ from geoloc.gallery.edge import EdgeGallery
 from geoloc.ingest.records import point_id
 from geoloc.settings import GalleryTuning
 
-FEATURES = Path("/work/cache/im2gps3k-dev.npz")
+FEATURES = ROOT / "im2gps3k-dev.npz"  # from `geoloc features ../shared/data/im2gps3k-dev/manifest.csv`
 COLLECTION, K, SEED = "scale", 10, 0
 # jitter, relative to a vector's norm per sqrt(dim). 1.0: a copy's cosine with its original is ~0.71, about that of
 # a dev photo with its nearest other dev photo (median 0.61, 90th percentile 0.72); 0.35 (~0.94) makes each
