@@ -111,10 +111,24 @@ class Hit:
         return float(self.payload["location"]["lon"])
 
 
+class NoIndexBuilds:
+    """The index upkeep of a gallery that builds none itself (a Qdrant server indexes on its own); the embedded
+    gallery's is gallery.edge_index.IndexBuilder, with the same three members."""
+
+    pending = False  # a build under way, or due after this process's writes: one a closing process would lose
+
+    def settle(self) -> None:
+        """For a process about to close after writing: let the build under way end, then build if one is due."""
+
+    def stop(self) -> None:
+        """End a build under way (its copy dropped), so a closing process need not wait minutes for it."""
+
+
 class Gallery(ABC):
     """Located photo embeddings. Implementations: gallery.edge (embedded) and gallery.server."""
 
     dim: int  # embedding dimension, fixed when the gallery is created
+    index = NoIndexBuilds()  # the vector index's upkeep: `pending`, `settle()`, `stop()`
 
     @abstractmethod
     def upsert(self, points: Sequence[GalleryPoint]) -> None:
@@ -152,17 +166,6 @@ class Gallery(ABC):
 
     def optimize(self) -> None:
         """Maintenance: build the vector index where the backend does not do it in the background."""
-
-    def index_pending(self) -> bool:
-        """An index build is under way, or due after this process's writes: one a closing process would lose."""
-        return False
-
-    def finish_index(self) -> None:
-        """For a process about to close after writing: let the build under way end, then build if one is due."""
-
-    def stop_maintenance(self) -> None:
-        """End long maintenance under way (an index build, whose copy is dropped): a closing process must not
-        wait minutes for it. The gallery still answers until it is closed."""
 
     def delete_collection(self, name: str) -> int:
         return self.delete(SearchFilter(collections=[name]))

@@ -283,15 +283,6 @@ class EdgeGallery(QdrantGallery):
         """Merge segments and build HNSW, searches going on meanwhile; returns when the new index serves."""
         self.index.build()
 
-    def index_pending(self) -> bool:
-        return self.index.pending
-
-    def finish_index(self) -> None:
-        self.index.settle()
-
-    def stop_maintenance(self) -> None:
-        self.index.stop()
-
     @_on_disk
     def _flush(self) -> None:
         self._shard.flush()

@@ -233,7 +233,7 @@ class Runtime:
     def close(self) -> None:
         with self._lock:
             for gallery in self._galleries.values():
-                gallery.stop_maintenance()  # a running index job then ends at once instead of holding the close
+                gallery.index.stop()  # a running index job then ends at once instead of holding the close
             for runner in (self._maintenance, self._runner):
                 if runner is not None:
                     runner.close()

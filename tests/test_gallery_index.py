@@ -157,15 +157,15 @@ def test_a_closing_writer_lets_the_build_end_then_builds_what_is_due(tmp_path):
     try:
         made = points(400)
         gallery.upsert(made[:150])  # a build starts in the background
-        assert gallery.index_pending()
-        gallery.finish_index()
-        assert not gallery.index.running and gallery.index.builds == 1 and not gallery.index_pending()
+        assert gallery.index.pending
+        gallery.index.settle()
+        assert not gallery.index.running and gallery.index.builds == 1 and not gallery.index.pending
         gallery.index.after_upserts = 0  # no build of its own: the next writes leave one due
         gallery.upsert(made[150:])
         gallery.index.after_upserts = 100
-        assert gallery.index_pending() and not gallery.index.running
-        gallery.finish_index()
-        assert gallery.index.builds == 2 and gallery.index.last["points"] == 400 and not gallery.index_pending()
+        assert gallery.index.pending and not gallery.index.running
+        gallery.index.settle()
+        assert gallery.index.builds == 2 and gallery.index.last["points"] == 400 and not gallery.index.pending
     finally:
         gallery.close()
 

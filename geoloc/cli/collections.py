@@ -31,10 +31,10 @@ def cmd_index(args) -> int:
                               progress=lambda _: bar.update())
         in_collection = gallery.collections().get(args.collection, 0)
         saved = report.save(runtime.settings.reports_dir)
-        if gallery.index_pending():  # closing would discard it; searches of a large gallery want it
+        if gallery.index.pending:  # closing would discard it; searches of a large gallery want it
             print("building the gallery's search index (minutes per 100,000 photos; Ctrl-C keeps the gallery as it "
                   "is, `geoloc maintenance index` builds it later)", file=sys.stderr)
-            gallery.finish_index()
+            gallery.index.settle()
     if args.json:
         print_json({**report.to_dict(), "in_collection": in_collection, "report": str(saved)})
         return 0
