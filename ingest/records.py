@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 ORIGINAL = "original"  # key, in a photo's payload `extra`, of its copy's name in geoloc's store (ingest.originals)
+PHOTOGRAPHER = "photographer"  # key, in `extra`, of who took it: a manifest's column, else EXIF Artist
 
 # Fixed namespace: the same photo in the same collection always maps to the same point id.
 POINT_NAMESPACE = uuid.UUID("6f1b2a7e-9a53-4c1e-8a9d-3f0c5d1b7e42")

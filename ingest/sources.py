@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from geoloc.ingest.coordinates import GpsError, validate_coordinates
+from geoloc.ingest.exif_credit import photographer_from_exif
 from geoloc.ingest.exif_gps import gps_from_exif
 from geoloc.ingest.files import FileSkip, ReadPolicy, open_regular, read_bounded
 from geoloc.ingest.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageError, open_image, to_rgb
 from geoloc.ingest.originals import OriginalStore
-from geoloc.ingest.records import ORIGINAL, PhotoRecord, Skipped, sha256_hex
+from geoloc.ingest.records import ORIGINAL, PHOTOGRAPHER, PhotoRecord, Skipped, sha256_hex
 
 REQUIRED_COLUMNS = ("filename", "lat", "lon")
 MAX_LINE_BYTES = 1 << 20  # a manifest line longer than this is not a manifest
@@ -60,6 +61,10 @@ def load_photo(source: str, data: bytes, lat=None, lon=None, extra: dict | None 
     except (ImageError, GpsError) as exc:
         return Skipped(source, str(exc))
     extra = dict(extra or {})
+    if not extra.get(PHOTOGRAPHER):
+        credit = photographer_from_exif(image)
+        if credit:
+            extra[PHOTOGRAPHER] = credit
     if store is None:
         digest = sha256_hex(data)
     else:

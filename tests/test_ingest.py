@@ -112,6 +112,24 @@ def test_corrupt_and_truncated_photos_are_skipped():
     assert load_photo("p", good, max_pixels=100).reason == "too_many_pixels"
 
 
+def _credited_jpeg(artist) -> bytes:
+    image = Image.new("RGB", (32, 32), "red")
+    exif = image.getexif()
+    exif[0x013B] = artist
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif)
+    return out.getvalue()
+
+
+def test_the_photographer_is_the_manifest_column_else_exif_artist():
+    assert load_photo("p", _credited_jpeg(" Jane Doe\x00 "), 1, 2).extra == {"photographer": "Jane Doe"}
+    given = load_photo("p", _credited_jpeg("Jane Doe"), 1, 2, {"photographer": "Ann Roe"})
+    assert given.extra == {"photographer": "Ann Roe"}
+    assert load_photo("p", _credited_jpeg("   "), 1, 2).extra == {}
+    assert len(load_photo("p", _credited_jpeg("x" * 5000), 1, 2).extra["photographer"]) == 200
+    assert load_photo("p", photo_bytes({}, size=(32, 32)), 1, 2).extra == {}
+
+
 def test_decompression_bombs_are_too_many_pixels_whatever_the_limit():
     bomb = bomb_png(20000, 20000)  # 400 megapixels in 50 kB: Pillow itself refuses it at open
     assert len(bomb) < 100_000
