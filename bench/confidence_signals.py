@@ -1,7 +1,8 @@
 """Would another signal of an answer make the calibrator rank answers better? Out-of-fold, by photographer.
 
 Each photo is located by the default method (retrieval, K=10, DBSCAN) against a gallery of the other folds,
-as `geoloc eval` and `geoloc calibrate` do. Two candidate signals are then added to the calibrator's:
+as `geoloc eval` and `geoloc calibrate` do. Each candidate signal is then added to the calibrator's (which
+count the photographers of the 50 nearest photos near the answer):
 - the gallery's density around the answer: the share of gallery photos within 25 / 200 / 750 / 2,500 km;
 - a hubness-corrected similarity (cross-domain similarity local scaling, Conneau et al. 2018): twice the
   query's similarity to a neighbour minus each photo's mean similarity to its own ten nearest photos; the

@@ -1,7 +1,8 @@
 """From the K most similar located photos to one answer (paper 3.4; kNN density from Revisiting IM2GPS).
 
 Every aggregator takes the neighbours' coordinates and similarities, most similar first, and returns the
-answer and the indices of the neighbours that support it.
+answer and the indices of the neighbours that support it. One that also takes `pool` is handed the wider
+set of nearest photos (Pool) with who took each.
 """
 
 from __future__ import annotations
@@ -14,6 +15,26 @@ from geoloc.geodesy import EARTH_RADIUS_KM, haversine_km, spherical_mean
 from geoloc.registry import Registry
 
 AGGREGATORS: Registry = Registry("aggregator")
+# A place many people photographed alike (a landmark) is recognised more surely than one photographer's series
+# of a street: an answer's place is weighed by the photographers among this many nearest photos within 25 km.
+POOL_SIZE, WITNESS_KM = 50, 25.0
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The POOL_SIZE nearest photos: coordinates and who took each (an unknown photographer is its own)."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    photographers: np.ndarray  # any hashable labels
+
+    def witnesses(self, lat, lon, radius_km: float = WITNESS_KM) -> np.ndarray:
+        """For each place, how many different photographers took the pool's photos within `radius_km` of it."""
+        near = haversine_km(np.atleast_1d(lat)[:, None], np.atleast_1d(lon)[:, None], self.lat[None, :],
+                            self.lon[None, :]) <= radius_km
+        labels, who = np.unique(self.photographers, return_inverse=True)
+        took = who[:, None] == np.arange(labels.size)[None, :]  # (pool, photographers)
+        return ((near.astype(np.int64) @ took) > 0).sum(axis=1)
 
 
 @dataclass
@@ -79,6 +100,18 @@ def mean(lat, lon, scores) -> Estimate:
     """Spherical mean of all K neighbours (the paper's 'average' ablation)."""
     mean_lat, mean_lon = spherical_mean(lat, lon)
     return Estimate(mean_lat, mean_lon, list(range(len(lat))))
+
+
+@AGGREGATORS.register("witnesses")
+def witnesses(lat, lon, scores, pool: Pool | None = None, radius_km: float = WITNESS_KM) -> Estimate:
+    """Of the K neighbours' places, the one the most photographers vouch for: the most different people among
+    the pool's photos within `radius_km` of it (ties: the most similar neighbour). Without a pool, the K
+    neighbours vouch, each as its own photographer."""
+    lat, lon, scores = map(np.asarray, (lat, lon, scores))
+    pool = pool or Pool(lat, lon, np.arange(lat.size))
+    best = int(np.lexsort((scores, pool.witnesses(lat, lon, radius_km)))[-1])
+    support = np.flatnonzero(haversine_km(lat, lon, lat[best], lon[best]) <= radius_km)
+    return Estimate(float(lat[best]), float(lon[best]), support.tolist())
 
 
 @AGGREGATORS.register("kde")

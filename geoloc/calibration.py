@@ -33,7 +33,8 @@ RADII_KM = (1, 25, 200, 750, 2500)
 AGREEMENT_KM = (25, 200, 750, 2500)
 _AGREEMENT = np.array(AGREEMENT_KM, dtype=np.float64)
 NEIGHBOUR_SIGNALS = ("sim_top1", "sim_margin", "sim_range", "sim_mean", "sim_support", "support_margin",
-                     *(f"agree_{r}km" for r in AGREEMENT_KM), "cluster_fraction", "support_log_km")
+                     *(f"agree_{r}km" for r in AGREEMENT_KM), "cluster_fraction", "support_log_km",
+                     "photographers_25km")
 CELL_SIGNALS = ("cell_top", "cell_margin", "cell_entropy")
 SIGNALS = (*NEIGHBOUR_SIGNALS, "no_neighbours", *CELL_SIGNALS, "no_cells")
 NO_CELLS = {**dict.fromkeys(CELL_SIGNALS, 0.0), "no_cells": 1.0}
@@ -47,9 +48,10 @@ class CalibrationError(ValueError):
     """A calibrator file that is missing, damaged or of another format."""
 
 
-def answer_signals(similarities, km_to_answer, support) -> dict[str, float]:
+def answer_signals(similarities, km_to_answer, support, photographers: int = 0) -> dict[str, float]:
     """Signals of an answer from its K neighbours: similarities, distances to the answer, and the indices
-    of the neighbours it rests on. Cell signals start absent (see cell_signals).
+    of the neighbours it rests on; `photographers`, how many people took the nearest photos (the locator's
+    aggregation.Pool) that lie within 25 km of the answer. Cell signals start absent (see cell_signals).
 
     `sim_support` and `support_margin` speak of the photos the answer rests on: the best of them, and how
     much more similar it is than the best photo the answer sets aside (a near-duplicate of the query that
@@ -68,6 +70,7 @@ def answer_signals(similarities, km_to_answer, support) -> dict[str, float]:
                **dict(zip((f"agree_{r}km" for r in AGREEMENT_KM), (km[:, None] <= _AGREEMENT).mean(axis=0))),
                "cluster_fraction": len(support) / s.size,
                "support_log_km": math.log1p(statistics.median(km[rests_on].tolist())),  # numpy's: 50 us here
+               "photographers_25km": math.log1p(photographers),
                "no_neighbours": 0.0, **NO_CELLS}
     return {name: float(value) for name, value in signals.items()}
 

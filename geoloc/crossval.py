@@ -25,12 +25,12 @@ from geoloc.embedding import Embedder
 from geoloc.evaluation import THRESHOLDS_KM, accuracy, calibration_metrics, errors_km, photographer_folds
 from geoloc.features import FeatureSet
 from geoloc.locate import Locator
-from geoloc.ingest.records import point_id
+from geoloc.ingest.records import PHOTOGRAPHER, point_id
 from geoloc.models.heads import HEADS
 
 K_ABLATION = (1, 5, 10, 15, 20)
 SELECTIVE_RADII_KM = (25, 2500)
-AGGREGATION_ABLATION = ("mean", "kde", "cluster")
+AGGREGATION_ABLATION = ("mean", "kde", "cluster", "witnesses")
 
 
 @dataclass
@@ -48,8 +48,9 @@ def _gallery(path: Path, embedder: Embedder, train: FeatureSet) -> EdgeGallery:
     gallery = EdgeGallery(path, embedder.dim)
     vectors = embedder.vectors(train.features)
     gallery.upsert([GalleryPoint(point_id("eval", sha), v,
-                                 make_payload("eval", la, lo, src, embedder.model_id, sha))
-                    for sha, v, la, lo, src in zip(train.sha256, vectors, train.lat, train.lon, train.sources)])
+                                 make_payload("eval", la, lo, src, embedder.model_id, sha, {PHOTOGRAPHER: who}))
+                    for sha, v, la, lo, src, who in zip(train.sha256, vectors, train.lat, train.lon, train.sources,
+                                                        train.photographers)])
     return gallery
 
 
@@ -79,6 +80,8 @@ def _methods(bundle, raw: Embedder, raw_gallery, swc: Embedder, rrm_gallery) -> 
         "NN, backbone features": ("main", _retrieval(raw, raw_gallery, k=1, aggregator="nn")),
         "kNN density, backbone features (K=10)": ("main", _retrieval(raw, raw_gallery, aggregator="kde")),
         "backbone retrieval, DBSCAN (K=10)": ("main", _retrieval(raw, raw_gallery)),
+        "backbone retrieval, witnesses (K=10, 50 nearest)": ("main", _retrieval(raw, raw_gallery,
+                                                                                aggregator="witnesses")),
     }
     for head in HEADS:
         methods[f"{head.upper()} cell centre"] = ("main", classify(head))

@@ -10,6 +10,7 @@ Every answer carries calibrated probabilities of lying within 1, 25, 200, 750 an
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.gallery.base import Gallery, Hit, SearchFilter
-from geoloc.aggregation import AGGREGATORS
+from geoloc.aggregation import AGGREGATORS, POOL_SIZE, Pool
 from geoloc.calibration import RADII_KM, CalibrationError, Calibrator, answer_signals, cell_signals, \
     find_calibrator, uncertainty_km
 from geoloc.embedding import Embedder
 from geoloc.geodesy import haversine_km
+from geoloc.ingest.records import PHOTOGRAPHER
 from geoloc.models.partition import Partition
 from geoloc.settings import Settings
 from geoloc.zero_shot import PRIORS, PriorError, ZeroShotPrior
@@ -108,6 +110,8 @@ class Locator:
         self.prior = self._make_prior(prior, embedder, gallery) if prior is not None else None
         self.within_cell = (within_cell and embedder.bundle is not None) or self.prior is not None
         self.aggregator_options = aggregator_options
+        self._aggregate = AGGREGATORS.get(aggregator)
+        self._aggregate_with_pool = "pool" in inspect.signature(self._aggregate).parameters
 
     def _make_prior(self, name: str, embedder: Embedder, gallery: Gallery) -> ZeroShotPrior:
         if name not in PRIORS:
@@ -143,17 +147,18 @@ class Locator:
         vectors = self.embedder.vectors(features)
         if not self.within_cell:
             where = SearchFilter(collections=self.collections)
-            answers = [self._answer(self._retrieve(v, where)) for v in vectors]
+            answers = [self._answer(*self._retrieve(v, where)) for v in vectors]
         else:
             partition, probs = self._cell_probabilities(features)
             answers = [self._search_within_cells(v, p, partition) for v, p in zip(vectors, probs)]
         return _name_places(self._calibrate(answers))
 
-    def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> list[Hit]:
-        hits = self.gallery.search(vector, self.k, where)
+    def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> tuple[list[Hit], None, list[Hit]]:
+        """The K neighbours an answer is made from, no weights, and the wider pool its place is weighed in."""
+        hits = self.gallery.search(vector, max(self.k, POOL_SIZE), where)
         if not hits:  # an empty scope, met by a caller that checks readiness less often than it locates
             self.check_ready()
-        return hits
+        return hits[: self.k], None, hits
 
     def _cell_probabilities(self, features: np.ndarray) -> tuple[Partition, np.ndarray]:
         """The cells searched and (n, cells) probabilities: the zero-shot prior's, else the bundle's classifier's."""
@@ -175,35 +180,42 @@ class Locator:
             answer.abstained = self.min_confidence is not None and answer.confidence < self.min_confidence
         return answers
 
-    def _answer(self, hits: list[Hit], cell_weights: np.ndarray | None = None) -> Answer:
+    def _answer(self, hits: list[Hit], cell_weights: np.ndarray | None, wide: list[Hit]) -> Answer:
+        """An answer from the K `hits` (weighted by their cells with Search-within-Cell), its place weighed in
+        the `wide` pool of nearest photos."""
         lat = np.array([h.lat for h in hits])
         lon = np.array([h.lon for h in hits])
         scores = np.array([h.score for h in hits]) if cell_weights is None else cell_weights
-        estimate = AGGREGATORS.get(self.aggregator)(lat, lon, scores, **self.aggregator_options)
+        pool = Pool(np.array([h.lat for h in wide]), np.array([h.lon for h in wide]),
+                    np.array([_photographer(h) for h in wide]))
+        options = {"pool": pool} if self._aggregate_with_pool else {}
+        estimate = self._aggregate(lat, lon, scores, **options, **self.aggregator_options)
         km = haversine_km(lat, lon, estimate.lat, estimate.lon)
         neighbours = [Neighbour(h.id, h.lat, h.lon, float(h.score), float(d), h.payload.get("collection", ""),
                                 h.payload.get("source", "")) for h, d in zip(hits, km)]
+        witnesses = int(pool.witnesses(estimate.lat, estimate.lon)[0])
         return Answer(estimate.lat, estimate.lon, self.method, len(estimate.support), neighbours,
-                      signals=answer_signals([h.score for h in hits], km, estimate.support))
+                      signals=answer_signals([h.score for h in hits], km, estimate.support, witnesses))
 
     def _search_within_cells(self, vector: np.ndarray, probs: np.ndarray, fine: Partition) -> Answer:
         order = np.argsort(-probs)
         chosen = order[: self.top_cells]
         where = SearchFilter(collections=self.collections,
                              cell_ranges=[fine.leaf_range(int(c)) for c in chosen])
-        hits = self.gallery.search(vector, self.k * len(chosen), where)
+        hits = self.gallery.search(vector, max(self.k * len(chosen), POOL_SIZE), where)
         top = int(order[0])
         if not hits:
             lat, lon = fine.centres[top]
             answer = Answer(float(lat), float(lon), self.method, 0, [], signals=answer_signals([], [], []))
         elif len(chosen) == 1:
-            answer = self._answer(hits[: self.k])
+            answer = self._answer(hits[: self.k], None, hits)
         else:
             # weight each neighbour's similarity by its cell's probability relative to the best cell
-            cells = fine.assign_leaves([h.payload["s2"] for h in hits])  # the stored leaf, not recomputed
-            weights = np.array([h.score for h in hits]) * probs[cells] / probs[top]
+            weighed = hits[: self.k * len(chosen)]
+            cells = fine.assign_leaves([h.payload["s2"] for h in weighed])  # the stored leaf, not recomputed
+            weights = np.array([h.score for h in weighed]) * probs[cells] / probs[top]
             keep = np.argsort(-weights)[: self.k]
-            answer = self._answer([hits[i] for i in keep], weights[keep])
+            answer = self._answer([weighed[i] for i in keep], weights[keep], hits)
         answer.cell = self._cell(fine, top, probs)
         answer.candidates = [self._cell(fine, int(c), probs) for c in order[:CANDIDATE_CELLS]]
         answer.signals.update(cell_signals(probs))
@@ -235,6 +247,11 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
         AGGREGATORS.get(name)(np.zeros(2), np.array([0.0, 0.001]), np.array([1.0, 0.9]))
     Locator._find_calibrator(embedder, home).predict_answers([answer_signals([1.0], [0.0], [0])])
     nearest_places([0.0], [0.0])
+
+
+def _photographer(hit: Hit) -> str:
+    """Who took a gallery photo; unknown, each photo counts as its own photographer."""
+    return str((hit.payload.get("extra") or {}).get(PHOTOGRAPHER) or f"photo:{hit.id}")
 
 
 def _name_places(answers: list[Answer]) -> list[Answer]:

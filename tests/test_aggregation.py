@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geoloc.aggregation import cluster, kernel_density, mean, nearest
+from geoloc.aggregation import Pool, cluster, kernel_density, mean, nearest, witnesses
 from geoloc.evaluation import accuracy, photographer_folds
 from geoloc.geodesy import haversine_km, spherical_mean
 
@@ -40,6 +40,25 @@ def test_cluster_eps_is_one_kilometre():
     lon = np.array([50.0, 50.0, 50.0, 50.0])
     estimate = cluster(lat, lon, np.array([0.1, 0.1, 0.9, 0.8]))
     assert sorted(estimate.support) == [0, 1]
+
+
+def test_witnesses_pick_the_place_most_photographers_vouch_for():
+    """Paris is the most similar neighbour and four photos near it are one person's; Rome is less similar,
+    but three people took the pool's photos there."""
+    lat, lon = np.array([48.857, 41.890, 48.858]), np.array([2.350, 12.492, 2.351])
+    scores = np.array([0.9, 0.8, 0.7])
+    pool = Pool(np.array([48.857, 48.858, 48.86, 48.85, 41.890, 41.891, 41.892]),
+                np.array([2.350, 2.351, 2.36, 2.34, 12.492, 12.493, 12.494]),
+                np.array(["ann", "ann", "ann", "ann", "bo", "cy", "di"]))
+    estimate = witnesses(lat, lon, scores, pool=pool)
+    assert (estimate.lat, estimate.lon, estimate.support) == (41.890, 12.492, [1])
+    assert pool.witnesses([48.857, 41.890, 0.0], [2.350, 12.492, 0.0]).tolist() == [1, 3, 0]
+    tied = Pool(pool.lat, pool.lon, np.array(["ann", "ann", "ann", "eve", "bo", "cy", "di"]))
+    assert pool.witnesses(48.857, 2.350).tolist() == [1] and tied.witnesses(48.857, 2.350).tolist() == [2]
+    even = Pool(pool.lat, pool.lon, np.array(["ann", "eve", "fay", "ann", "bo", "cy", "di"]))
+    assert witnesses(lat, lon, scores, pool=even).support == [0, 2]  # three each: the more similar place
+    alone = witnesses(lat, lon, scores)  # no pool: the K neighbours vouch, one photographer each
+    assert (alone.lat, alone.support) == (48.857, [0, 2])
 
 
 def test_nearest_mean_and_kernel_density():

@@ -117,6 +117,34 @@ def test_signals_absent_take_fixed_values_and_raise_indicators():
     assert signals["agree_25km"] == pytest.approx(2 / 3) and signals["cluster_fraction"] == pytest.approx(2 / 3)
     assert signals["cell_top"] == 0.7 and signals["cell_margin"] == pytest.approx(0.5) and signals["no_cells"] == 0
     assert 0 < signals["cell_entropy"] < 1 and set(signals) == set(SIGNALS)
+    assert signals["photographers_25km"] == 0 and answer_signals([0.5], [0.0], [0], 3)["photographers_25km"] == \
+        pytest.approx(np.log(4))
+
+
+def test_an_answer_counts_the_photographers_of_the_wide_neighbours_near_it(tmp_path):
+    """Sixty photos at one place by three photographers, and sixty far away: the answer at the place rests
+    on ten of them, but counts who took the 50 nearest within 25 km; photos with no photographer count
+    one each."""
+    rng = np.random.default_rng(0)
+    embedder = Embedder(CachedBackbone("synthetic:witnesses", 8))
+    query = np.ones(8)
+    near = query + 0.01 * rng.normal(size=(60, 8))
+    far = -query + 0.01 * rng.normal(size=(60, 8))
+    vectors = embedder.vectors(np.vstack([near, far]))
+
+    def count(credits) -> float:
+        points = [GalleryPoint(f"00000000-0000-0000-0000-{i:012d}", v,
+                               make_payload("c", 45.0 if i < 60 else -30.0, 6.0 if i < 60 else 150.0, f"p{i}.jpg",
+                                            embedder.model_id, f"{i:064x}", credits(i)))
+                  for i, v in enumerate(vectors)]
+        with EdgeGallery(tmp_path / f"gallery-{len(list(tmp_path.iterdir()))}", embedder.dim) as gallery:
+            gallery.upsert(points)
+            answer, = Locator(embedder, gallery).locate_features(query[None, :])
+        assert abs(answer.lat - 45.0) < 0.01 and len(answer.neighbours) == 10
+        return round(float(np.expm1(answer.signals["photographers_25km"])))
+
+    assert count(lambda i: {"photographer": f"owner-{i % 3}"}) == 3
+    assert count(lambda i: {}) == 50
 
 
 def test_a_calibrator_is_found_for_its_model_only(tmp_path):
