@@ -92,7 +92,8 @@ def build(args) -> dict:
     base, _ = split(fs)
     path = Path(args.work) / args.layout
     shutil.rmtree(path, ignore_errors=True)
-    manual = GalleryTuning(index_after_upserts=0)  # the index is built once, below, and timed
+    # the index is built once, below, and timed
+    manual = GalleryTuning(index_after_upserts=0, hnsw_m=args.m, hnsw_ef_construct=args.ef_construct)
     gallery = EdgeGallery(path, fs.features.shape[1], tuning=manual, int8=LAYOUTS[args.layout])
     upsert_s = 0.0
     for start in range(0, args.photos, 8192):
@@ -232,7 +233,8 @@ def ground_truth(fs, base, photos: int, queries: np.ndarray, cells: dict, noise:
 
 def child(kind: str, args, layout: str, extra: list[str] | None = None) -> dict:
     command = [sys.executable, __file__, f"--{kind}", "--layout", layout, "--photos", str(args.photos),
-               "--work", str(args.work), "--features", str(args.features), "--noise", str(args.noise), *(extra or [])]
+               "--work", str(args.work), "--features", str(args.features), "--noise", str(args.noise),
+               "--m", str(args.m), "--ef-construct", str(args.ef_construct), *(extra or [])]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout)
 
@@ -261,6 +263,7 @@ def run(args) -> dict:
     plan.write_text(json.dumps({"queries": queries.tolist(), "cells": {n: c[0] for n, c in cells.items()}}))
     result = {"photos": args.photos, "dim": int(fs.features.shape[1]), "base_photos": len(base),
               "queries": len(rows), "noise": args.noise, "spread_km": SPREAD_KM,
+              "graph": {"m": args.m, "ef_construct": args.ef_construct},
               "cell_photos": {n: {"median": int(np.median(c[1])), "min": int(min(c[1])), "max": int(max(c[1]))}
                               for n, c in cells.items()}, "layouts": {}}
     for layout in args.layouts.split(","):
@@ -286,6 +289,9 @@ def main() -> None:
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--efs", default="", help="hnsw_ef values to measure, comma-separated (default: 16 ... 512)")
     parser.add_argument("--noise", type=float, default=NOISE, help="jitter of the copies (see NOISE)")
+    parser.add_argument("--m", type=int, default=GalleryTuning().hnsw_m, help="HNSW links per photo")
+    parser.add_argument("--ef-construct", type=int, default=GalleryTuning().hnsw_ef_construct,
+                        help="HNSW candidates while linking")
     parser.add_argument("--features", type=Path, default=FEATURES)
     parser.add_argument("--work", type=Path, default=Path("/tmp/geoloc-gallery-scale"))
     parser.add_argument("--out", type=Path)

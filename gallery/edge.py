@@ -23,6 +23,7 @@ from qdrant_edge import (
     CountRequest,
     Distance,
     EdgeConfig,
+    HnswIndexConfig,
     EdgeShard,
     EdgeVectorParams,
     FacetRequest,
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
+FULL_SCAN_KB = 10_000  # Qdrant's default: filtered searches over fewer vectors than this scan them
 OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaces, until the writes made meanwhile are replayed
 TRASH_DIR = "shard.trash"  # a replaced shard, being removed
 
@@ -115,7 +117,8 @@ class EdgeGallery(QdrantGallery):
     `dim=None` opens an existing gallery whatever its dimension (listing, deleting); creating one needs it.
     Only one process may hold the gallery open at a time: Edge locks its write-ahead log.
     `tuning` (default: read from the environment, settings.GalleryTuning): `hnsw_ef`, the candidates an HNSW
-    search keeps; `index_after_upserts`, the upserted points after which the index is built again on its own.
+    search keeps; `hnsw_m` and `hnsw_ef_construct`, the graph a new shard builds; `index_after_upserts`, the
+    upserted points after which the index is built again on its own.
     `int8` (None: `edge_int8` of the tuning): a new shard keeps int8 scalar-quantized copies of the vectors in
     RAM, searched first and rescored with the float32 originals, which stay on disk; an existing shard keeps the
     layout it was made with.
@@ -129,6 +132,7 @@ class EdgeGallery(QdrantGallery):
         self.dim = dim
         tuning = tuning or GalleryTuning()
         self.hnsw_ef, self.int8 = tuning.hnsw_ef, tuning.edge_int8 if int8 is None else int8
+        self._graph = (tuning.hnsw_m, tuning.hnsw_ef_construct)
         self._using, self._writing = threading.RLock(), threading.Lock()  # every shard call; every write
         self._journal: list | None = None  # writes made while a copy of the shard is being indexed
         self.index = IndexBuilder(self, tuning.index_after_upserts)
@@ -173,11 +177,10 @@ class EdgeGallery(QdrantGallery):
             raise GalleryError(f"cannot open the gallery at {self.path}: {e}") from e
 
     def _config(self) -> EdgeConfig:
-        if not self.int8:
-            return EdgeConfig(vectors={VECTOR_NAME: EdgeVectorParams(size=self.dim, distance=Distance.Cosine)})
-        vectors = EdgeVectorParams(size=self.dim, distance=Distance.Cosine, memory=Memory.Cold)
-        return EdgeConfig(vectors={VECTOR_NAME: vectors}, quantization_config=ScalarQuantizationConfig(
-            ScalarType.Int8, quantile=0.99, memory=Memory.Pinned))
+        graph = HnswIndexConfig(*self._graph, full_scan_threshold=FULL_SCAN_KB)
+        vectors = EdgeVectorParams(size=self.dim, distance=Distance.Cosine, memory=Memory.Cold if self.int8 else None)
+        int8 = ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, memory=Memory.Pinned) if self.int8 else None
+        return EdgeConfig(vectors={VECTOR_NAME: vectors}, hnsw_config=graph, quantization_config=int8)
 
     def _search_params(self, exact: bool) -> SearchParams:
         """Quantized vectors, where the shard has them, only pick candidates: the originals rank them."""

@@ -93,7 +93,9 @@ class ServerGallery(QdrantGallery):
                  on_disk: bool = False, int8_quantization: bool = False, timeout: int = 30,
                  tuning: GalleryTuning | None = None):
         self.collection = collection
-        self.hnsw_ef = (tuning or GalleryTuning()).hnsw_ef
+        tuning = tuning or GalleryTuning()
+        self.hnsw_ef, self._graph = tuning.hnsw_ef, models.HnswConfigDiff(m=tuning.hnsw_m,
+                                                                           ef_construct=tuning.hnsw_ef_construct)
         self._local = url is None
         if self._local:
             client = QdrantClient(location=location, path=path)
@@ -120,7 +122,7 @@ class ServerGallery(QdrantGallery):
                 vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.COSINE,
                                                                  on_disk=on_disk)},
                 shard_number=shard_number, replication_factor=replication_factor,
-                quantization_config=quantization)
+                hnsw_config=self._graph, quantization_config=quantization)
         except GalleryError:
             # another worker may have created it between our check and our call
             if not self._client.collection_exists(self.collection):

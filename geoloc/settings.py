@@ -47,6 +47,11 @@ class GalleryTuning(BaseSettings):
     # candidates an unfiltered HNSW search keeps: the engine's default (100) found 0.78 of the exact top 10 in
     # 100,000 photos, 512 found 0.995 in 6 ms (README "Speed", bench/gallery_scale.py); in-cell searches are exact
     hnsw_ef: Count = 512
+    # the graph a new gallery store builds (a store keeps the graph it was made with): links per photo and
+    # candidates while linking; Qdrant's defaults. Denser graphs find more of the exact top 10 at a million
+    # photos, at a longer build and more memory (README "Speed", bench/gallery_scale.py --m --ef-construct)
+    hnsw_m: Count = 16
+    hnsw_ef_construct: Count = 100
     # a new embedded gallery store keeps int8 copies of its vectors in RAM, searched first and rescored with the
     # float32 originals kept on disk: half the memory, and faster searches (a Qdrant server: GEOLOC_QDRANT_INT8)
     edge_int8: Flag = False

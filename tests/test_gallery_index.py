@@ -244,6 +244,21 @@ def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeyp
         Settings(home=tmp_path)
 
 
+def test_a_new_store_builds_the_graph_its_settings_name_and_keeps_it(tmp_path):
+    dense = GalleryTuning(hnsw_m=32, hnsw_ef_construct=256)
+    with EdgeGallery(tmp_path / "edge", DIM, tuning=dense):
+        pass
+    stored = json.loads((tmp_path / "edge" / SHARD_DIR / "edge_config.json").read_text())["hnsw_config"]
+    assert (stored["m"], stored["ef_construct"]) == (32, 256)
+    with EdgeGallery(tmp_path / "edge", DIM):  # reopened with the defaults: the shard keeps its own graph
+        pass
+    assert json.loads((tmp_path / "edge" / SHARD_DIR / "edge_config.json").read_text())["hnsw_config"] == stored
+    server = ServerGallery(location=":memory:", dim=DIM, tuning=dense)
+    # what a real server is sent at creation (qdrant-client's local mode keeps no graph settings)
+    assert (server._graph.m, server._graph.ef_construct) == (32, 256)
+    server.close()
+
+
 def test_settings_given_in_code_reach_the_gallery(tmp_path):
     settings = Settings(home=tmp_path, hnsw_ef=33, index_after_upserts=5, edge_int8=True)
     with open_gallery(settings, DIM, MODEL) as gallery:
