@@ -23,12 +23,13 @@ from geoloc.calibration import RADII_KM, CalibrationError, Calibrator, answer_si
     find_calibrator, uncertainty_km
 from geoloc.embedding import Embedder
 from geoloc.geodesy import haversine_km
-from geoloc.ingest.records import PHOTOGRAPHER
+from geoloc.ingest.records import PHOTOGRAPHER, point_id
 from geoloc.models.partition import Partition
 from geoloc.settings import Settings
 from geoloc.zero_shot import PRIORS, PriorError, ZeroShotPrior
 
 CANDIDATE_CELLS = 5
+SAME_PHOTO = "same photo"  # an answer's `calibration` when the gallery holds the very photo asked about
 WARM_UP_SIDE = 384  # a photo of the size served, for the first forward pass
 
 
@@ -64,13 +65,14 @@ class Answer:
     calibration: str | None = None  # "default", or the id of the calibrator fitted for this model
     abstained: bool = False  # confidence under the locator's min_confidence: a best guess, marked as such
     signals: dict[str, float] = field(default_factory=dict)  # what the probabilities were computed from
+    same_photo: dict | None = None  # the gallery's copy of this very photo (same bytes): id, collection, source
 
     def to_dict(self) -> dict:
         """As dataclasses.asdict makes it, without its deep copies (a third of a warm locate's own time)."""
         answer = {f.name: getattr(self, f.name) for f in fields(self)}
         answer["neighbours"] = [{**vars(n), "place": _copy(n.place)} for n in self.neighbours]
         answer["candidates"] = [_copy(c) for c in self.candidates]
-        for name in ("place", "cell", "probabilities", "signals"):
+        for name in ("place", "cell", "probabilities", "signals", "same_photo"):
             answer[name] = _copy(answer[name])
         return answer
 
@@ -140,10 +142,11 @@ class Locator:
             scope = f"collections {', '.join(self.collections)}" if self.collections else "the gallery"
             raise LocateError(f"{scope} holds no photos yet: index some first (geoloc index PATH)")
 
-    def locate(self, images) -> list[Answer]:
-        return self.locate_features(self.embedder.features(images))
+    def locate(self, images, digests: list[str | None] | None = None) -> list[Answer]:
+        return self.locate_features(self.embedder.features(images), digests)
 
-    def locate_features(self, features: np.ndarray) -> list[Answer]:
+    def locate_features(self, features: np.ndarray, digests: list[str | None] | None = None) -> list[Answer]:
+        """`digests`: the SHA-256 of each photo's bytes, when known: a photo the gallery holds is recognised."""
         vectors = self.embedder.vectors(features)
         if not self.within_cell:
             where = SearchFilter(collections=self.collections)
@@ -151,6 +154,9 @@ class Locator:
         else:
             partition, probs = self._cell_probabilities(features)
             answers = [self._search_within_cells(v, p, partition) for v, p in zip(vectors, probs)]
+        for answer, digest in zip(answers, digests or ()):
+            if digest:
+                _recognise(answer, digest)
         return _name_places(self._calibrate(answers))
 
     def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> tuple[list[Hit], None, list[Hit]]:
@@ -173,9 +179,11 @@ class Locator:
     def _calibrate(self, answers: list[Answer]) -> list[Answer]:
         probabilities = self.calibrator.predict_answers([a.signals for a in answers])
         for answer, row in zip(answers, probabilities):
+            if answer.same_photo is not None:  # its location is the archive's own record
+                row = np.ones(len(RADII_KM))
             answer.probabilities = {f"{r:g}": float(p) for r, p in zip(RADII_KM, row)}
             answer.uncertainty_km = uncertainty_km(row)
-            answer.calibration = self.calibrator.id
+            answer.calibration = SAME_PHOTO if answer.same_photo is not None else self.calibrator.id
             answer.confidence = answer.probabilities[f"{self.within_km:g}"]
             answer.abstained = self.min_confidence is not None and answer.confidence < self.min_confidence
         return answers
@@ -247,6 +255,19 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
         AGGREGATORS.get(name)(np.zeros(2), np.array([0.0, 0.001]), np.array([1.0, 0.9]))
     Locator._find_calibrator(embedder, home).predict_answers([answer_signals([1.0], [0.0], [0])])
     nearest_places([0.0], [0.0])
+
+
+def _recognise(answer: Answer, digest: str) -> None:
+    """When a neighbour is the very photo (its point id is that of these bytes in its collection), answer with
+    its recorded location: the archive's own record, not an estimate."""
+    same = next((n for n in answer.neighbours if n.id == point_id(n.collection, digest)), None)
+    if same is None:
+        return
+    answer.lat, answer.lon = same.lat, same.lon
+    for n in answer.neighbours:
+        n.km = float(haversine_km(n.lat, n.lon, same.lat, same.lon))
+    answer.cluster_size = sum(n.km <= 1 for n in answer.neighbours)
+    answer.same_photo = {"id": same.id, "collection": same.collection, "source": same.source}
 
 
 def _photographer(hit: Hit) -> str:

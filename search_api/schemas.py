@@ -75,6 +75,12 @@ class Cell(BaseModel):
     place: Place | None = Field(None, description="The nearest populated place to the cell's centre")
 
 
+class SamePhoto(BaseModel):
+    id: str = Field(description="The gallery's copy: its photo id")
+    collection: str
+    source: Annotated[str, AfterValidator(_name_inside)] = Field(description="Its name inside the collection")
+
+
 class LocateResponse(BaseModel):
     model_config = _example({
         "lat": 48.8582, "lon": 2.2950, "method": "swc-cluster", "cluster_size": 7, "confidence": 0.64,
@@ -103,8 +109,11 @@ class LocateResponse(BaseModel):
     abstained: bool | None = Field(None, description="True when the confidence is under the minimum asked for: "
                                                      "the answer is a best guess")
     calibration: str | None = Field(None, description="Which calibrator made the probabilities: 'default' (fitted "
-                                                      "on geoloc's development photos) or the id of one fitted "
-                                                      "for this model with `geoloc calibrate`")
+                                                      "on geoloc's development photos), the id of one fitted "
+                                                      "for this model with `geoloc calibrate`, or 'same photo'")
+    same_photo: SamePhoto | None = Field(None, description=(
+        "Set when the gallery holds this very photo (the same bytes): the answer is its recorded location, "
+        "and its probabilities are 1"))
 
 
 class LocateAnswers(BaseModel):

@@ -67,16 +67,23 @@ def test_locate_answers_with_evidence_and_is_audited(api, photos):
     # places named offline, and calibrated chances that only grow with the radius
     assert answer["place"]["label"] and answer["place"]["country"]
     assert all(n["place"]["country_code"] for n in answer["neighbours"])
-    chances = [answer["probabilities"][r] for r in ("1", "25", "200", "750", "2500")]
-    assert chances == sorted(chances) and all(0 <= p <= 1 for p in chances)
-    assert answer["calibration"] == "default" and answer["confidence"] == answer["probabilities"]["25"]
-    sure = api["client"].post("/v1/locate", files=photo_file(query), headers=api["reader"],
+    # the gallery holds this very photo: its recorded location is the answer, and certain
+    assert answer["same_photo"] == {"id": top["id"], "collection": "news", "source": top["source"]}
+    assert (answer["lat"], answer["lon"]) == (top["lat"], top["lon"]) and answer["calibration"] == "same photo"
+    assert set(answer["probabilities"].values()) == {1.0} and answer["uncertainty_km"] == 1
+    # a photo the gallery lacks: calibrated chances that only grow with the radius
+    fresh = api["client"].post("/v1/locate", files=photo_file(photos["spare"][0]), data={"k": "3"},
+                               headers=api["reader"]).json()
+    chances = [fresh["probabilities"][r] for r in ("1", "25", "200", "750", "2500")]
+    assert chances == sorted(chances) and all(0 <= p < 1 for p in chances) and fresh["same_photo"] is None
+    assert fresh["calibration"] == "default" and fresh["confidence"] == fresh["probabilities"]["25"]
+    sure = api["client"].post("/v1/locate", files=photo_file(photos["spare"][0]), headers=api["reader"],
                               data={"k": "3", "min_confidence": "1", "within_km": "2500"}).json()
     assert sure["abstained"] and sure["confidence"] == sure["probabilities"]["2500"]
     entry = json.loads((api["home"] / "audit.jsonl").read_text().splitlines()[-1])
     assert entry["key"] == api["reader_id"] and entry["endpoint"] == "locate"
     assert entry["collections"] == ["news"] and entry["outcome"] == "answered"
-    assert entry["answer"]["lat"] == pytest.approx(answer["lat"])
+    assert entry["answer"]["lat"] == pytest.approx(sure["lat"])
     assert set(entry) <= {"time", "key", "endpoint", "collections", "outcome", "k", "top_cells", "answer", "prior",
                           "request", "status", "photos"}
 

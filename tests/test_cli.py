@@ -226,6 +226,7 @@ def test_locate_a_folder_in_every_format(home, capsys):
             answer["probabilities"].values())
         own = point_id("dev", hashlib.sha256(Path(properties["image"]).read_bytes()).hexdigest())
         assert properties["neighbours"][0] == own  # every photo here is in the gallery: itself comes first
+        assert answer["same_photo"]["id"] == own and properties["same_photo"] == f"dev/{answer['same_photo']['source']}"
 
     status, out, _ = run(capsys, "locate", str(home.photos), "-k", "3", "--json")
     assert status == 0 and json.loads(out) == document  # --json is --format json
@@ -236,9 +237,10 @@ def test_locate_table_for_people(home, capsys):
     status, out, _ = run(capsys, "locate", photo, "-k", "3")
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].startswith(f"{photo}: near ") and "chance within 1 km" in lines[1]
-    assert lines[2].startswith("  retrieval-cluster, cluster of ") and len(lines) == 3 + 3
-    assert "[dev] " + home.names[0] in lines[3]
+    assert lines[0].startswith(f"{photo}: near ") and "chance within 1 km 100%" in lines[2]
+    assert lines[1] == f"  the gallery holds this very photo: [dev] {home.names[0]}; its recorded location is the answer"
+    assert lines[3].startswith("  retrieval-cluster, cluster of ") and len(lines) == 4 + 3
+    assert "[dev] " + home.names[0] in lines[4]
 
 
 def test_locate_an_empty_folder_is_a_user_error(home, tmp_path, capsys):

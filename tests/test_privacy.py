@@ -86,6 +86,8 @@ def test_answers_name_photos_inside_their_collection(site, photos):
         uploaded, imported, old = photos["spare"][:2], photos["spare"][2], photos["spare"][3]
         assert sources == {r["filename"] for r in uploaded} | {f"archive/2021/{imported['filename']}",
                                                                old["filename"]}
+        if endpoint == "/v1/locate":  # the query is an upload named by its full path: recognised, by its name
+            assert response.json()["same_photo"]["source"] == query["filename"]
 
 
 def test_no_response_a_reader_can_get_shows_a_server_path(site, photos):

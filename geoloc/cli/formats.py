@@ -18,15 +18,16 @@ FORMATS = ("table", "json", "jsonl", "csv", "geojson")
 PROBABILITIES = tuple(f"p_{radius:g}km" for radius in RADII_KM)
 # the main fields of an answer, flat: CSV columns and GeoJSON properties alike
 COLUMNS = ("image", "lat", "lon", "place", "country", "country_code", "confidence", "abstained", "uncertainty_km",
-           *PROBABILITIES, "calibration", "method", "cluster_size", "cell", "neighbours", "error_km")
+           *PROBABILITIES, "calibration", "same_photo", "method", "cluster_size", "cell", "neighbours", "error_km")
 
 
 def flat(result: dict) -> dict:
-    """An answer's main fields, one value each: the place by its label, probabilities by radius, the
-    nearest neighbours by their gallery ids (nearest first)."""
-    place, cell = result.get("place") or {}, result.get("cell") or {}
+    """An answer's main fields, one value each: the place by its label, probabilities by radius, the gallery's
+    copy of the very photo as collection/source, the nearest neighbours by their gallery ids (nearest first)."""
+    place, cell, same = result.get("place") or {}, result.get("cell") or {}, result.get("same_photo")
     row = {key: result.get(key) for key in COLUMNS}
     row.update({"place": place.get("label"), "country": place.get("country"),
+                "same_photo": f"{same['collection']}/{same['source']}" if same else None,
                 "country_code": place.get("country_code"), "cell": cell.get("token"),
                 "neighbours": [n["id"] for n in result.get("neighbours", [])]})
     row.update({f"p_{radius:g}km": result.get("probabilities", {}).get(f"{radius:g}") for radius in RADII_KM})

@@ -34,25 +34,27 @@ def _expand(names: list[str]) -> list[tuple[str, bool]]:
 
 
 def _query_items(queries: list[tuple[str, bool]], policy):
-    """(name, image or None, truth or None, error) for each photo: CSV manifests carry truth, photos don't.
-    A photo is read as ingest reads one (a regular file, at most the size `policy` allows)."""
+    """(name, image or None, truth or None, error, SHA-256 of its bytes or None) for each photo: CSV manifests
+    carry truth, photos don't. A photo is read as ingest reads one (a regular file, at most the size `policy`
+    allows)."""
     from geoloc.ingest.files import FileSkip, read_bounded
     from geoloc.ingest.images import ImageError, open_image, to_rgb
-    from geoloc.ingest.records import PhotoRecord
+    from geoloc.ingest.records import PhotoRecord, sha256_hex
     from geoloc.ingest.sources import iter_source
 
     for name, manifest in queries:
         if manifest:
             for record in iter_source(name):
                 if isinstance(record, PhotoRecord):
-                    yield record.source, record.image, (record.lat, record.lon), None
+                    yield record.source, record.image, (record.lat, record.lon), None, record.sha256
                 else:
-                    yield record.source, None, None, record.reason
+                    yield record.source, None, None, record.reason, None
             continue
         try:
-            yield name, to_rgb(open_image(read_bounded(name, policy), policy.max_pixels)), None, None
+            data = read_bounded(name, policy)
+            yield name, to_rgb(open_image(data, policy.max_pixels)), None, None, sha256_hex(data)
         except (FileSkip, ImageError) as exc:
-            yield name, None, None, str(exc)
+            yield name, None, None, str(exc), None
 
 
 def _batches(items, size: int):
@@ -89,13 +91,13 @@ def cmd_locate(args) -> int:
         writer = WRITERS[fmt]() if fmt in WRITERS else None
         for batch in _batches(_query_items(queries, ReadPolicy.from_settings(runtime.settings)), batch_size):
             bar.update(len(batch))
-            for name, _, _, error in batch:
+            for name, _, _, error, _ in batch:
                 if error:
                     print(f"geoloc: error: {name}: cannot use this photo ({error})", file=sys.stderr)
                     failures += 1
             usable = [item for item in batch if item[1] is not None]
-            answers = locator.locate([image for _, image, _, _ in usable]) if usable else []
-            for (name, _, truth, _), answer in zip(usable, answers):
+            answers = locator.locate([item[1] for item in usable], [item[4] for item in usable]) if usable else []
+            for (name, _, truth, _, _), answer in zip(usable, answers):
                 result = {"image": name, **answer.to_dict()}
                 if truth:
                     result["error_km"] = float(errors_km(answer.lat, answer.lon, *truth))
@@ -134,6 +136,9 @@ def _print_answer(name: str, answer, error_km: float | None = None) -> None:
     near = f"near {answer.place['label']}" if answer.place else "somewhere"
     guess = " (best guess, not confident)" if answer.abstained else ""
     print(f"{name}: {near}{guess}  {answer.lat:.5f}, {answer.lon:.5f}{truth}")
+    if answer.same_photo:
+        print(f"  the gallery holds this very photo: [{answer.same_photo['collection']}] "
+              f"{answer.same_photo['source']}; its recorded location is the answer")
     chances = ", ".join(f"{radius} km {100 * p:.0f}%" for radius, p in answer.probabilities.items())
     default = " (default calibration: fit your own with geoloc calibrate)" if answer.calibration == "default" else ""
     print(f"  {confidence_words(answer)}; chance within {chances}{default}")

@@ -11,7 +11,7 @@ from pydantic import TypeAdapter
 from geoloc.names import check_collection_name
 from geoloc.settings import Settings
 from geoloc.ingest.images import open_image, to_rgb
-from geoloc.ingest.records import point_id
+from geoloc.ingest.records import point_id, sha256_hex
 from geoloc.search_api.errors import ApiError
 from geoloc.search_api.limits import read_upload
 
@@ -37,11 +37,11 @@ def checked_name(name: str) -> str:
 QUERY_DECODE_SIDE = 512
 
 
-def read_photo(upload: UploadFile, settings: Settings) -> Image.Image:
-    """A query photo, decoded within the byte and pixel limits (ImageError -> 413/422) at the scale it is used:
-    locate, similar and explain all see the same pixels."""
+def read_photo(upload: UploadFile, settings: Settings) -> tuple[Image.Image, str]:
+    """A query photo, decoded within the byte and pixel limits (ImageError -> 413/422) at the scale it is used
+    (locate, similar and explain all see the same pixels), and the SHA-256 of its bytes."""
     data = read_upload(upload, settings.max_photo_bytes)
-    return to_rgb(open_image(data, settings.max_pixels, min_side=QUERY_DECODE_SIDE))
+    return to_rgb(open_image(data, settings.max_pixels, min_side=QUERY_DECODE_SIDE)), sha256_hex(data)
 
 
 def checked_json(model: TypeAdapter, content) -> Response:

@@ -49,7 +49,7 @@ def explain_photo(svc: Svc, key: Caller, audit: Annotated[dict, Depends(details)
                   grid: Annotated[int, Form(ge=GRID_RANGE[0], le=GRID_RANGE[1],
                                             description="Rows and columns of the grid")] = DEFAULT_GRID):
     scope = audit["collections"] = key.scope(None)
-    image = read_photo(photo, svc.settings)
+    image, _ = read_photo(photo, svc.settings)
     embedder, gallery = svc.serving()
     locator = Locator(embedder, gallery, collections=scope, home=svc.settings.home)
     locator.check_ready()

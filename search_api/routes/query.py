@@ -87,13 +87,13 @@ def locate(request: Request, svc: Svc, key: Caller, audit: Audit, photo: PhotoFi
     requested = audit["collections"] = parse_collections(collections)
     audit.update(k=k, top_cells=top_cells, prior=prior)
     scope = audit["collections"] = key.scope(requested)
-    images = [read_photo(upload, svc.settings) for upload in photo]
+    images, digests = zip(*(read_photo(upload, svc.settings) for upload in photo))
     embedder, gallery = svc.serving()
     locator = Locator(embedder, gallery, k=k, aggregator=aggregator, collections=scope, top_cells=top_cells,
                       min_confidence=min_confidence, within_km=float(within_km), prior=prior,
                       home=svc.settings.home)
     svc.check_ready(locator)
-    located = locator.locate_features(svc.features(embedder, images))
+    located = locator.locate_features(svc.features(embedder, list(images)), list(digests))
     answers = [_located(a.to_dict(), scope, embedder.model_id) for a in located]
     what = [{"answer": {"lat": a["lat"], "lon": a["lon"], "method": a["method"],
                         "cell": (a["cell"] or {}).get("token"), "confidence": a["confidence"]}} for a in answers]
@@ -123,7 +123,7 @@ def similar(request: Request, svc: Svc, key: Caller, audit: Audit, photo: PhotoF
     centre = (lat, lon, radius_km) if all(given) else None
     audit.update(k=k, centre=centre)
     scope = audit["collections"] = key.scope(requested)
-    images = [read_photo(upload, svc.settings) for upload in photo]
+    images = [read_photo(upload, svc.settings)[0] for upload in photo]
     embedder, gallery = svc.serving()
     gallery.check_model(embedder.model_id)
     answers, what = [], []
