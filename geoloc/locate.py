@@ -150,7 +150,7 @@ class Locator:
         vectors = self.embedder.vectors(features)
         if not self.within_cell:
             where = SearchFilter(collections=self.collections)
-            answers = [self._answer(*self._retrieve(v, where)) for v in vectors]
+            answers = [self._answer(hits[: self.k], None, hits) for hits in (self._retrieve(v, where) for v in vectors)]
         else:
             partition, probs = self._cell_probabilities(features)
             answers = [self._search_within_cells(v, p, partition) for v, p in zip(vectors, probs)]
@@ -159,12 +159,12 @@ class Locator:
                 _recognise(answer, digest)
         return _name_places(self._calibrate(answers))
 
-    def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> tuple[list[Hit], None, list[Hit]]:
-        """The K neighbours an answer is made from, no weights, and the wider pool its place is weighed in."""
+    def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> list[Hit]:
+        """The pool of nearest photos: the first K make the answer, all of them weigh its place."""
         hits = self.gallery.search(vector, max(self.k, POOL_SIZE), where)
         if not hits:  # an empty scope, met by a caller that checks readiness less often than it locates
             self.check_ready()
-        return hits[: self.k], None, hits
+        return hits
 
     def _cell_probabilities(self, features: np.ndarray) -> tuple[Partition, np.ndarray]:
         """The cells searched and (n, cells) probabilities: the zero-shot prior's, else the bundle's classifier's."""
