@@ -51,7 +51,8 @@ def server(tmp_path_factory, embedder):
     served = Served(work, gallery, "dev", GEOLOC_BUNDLE=bundle.path)
     token = served.run("keys", "create", "--reader", "--collections", "dev", "--name", "page")
     try:
-        yield {"url": served.url, "token": token, "queries": queries, "gallery": gallery, "served": served}
+        yield {"url": served.url, "token": token, "queries": queries, "gallery": gallery, "served": served,
+               "hierarchy": hierarchy}
     finally:
         served.api.stop()
 
@@ -94,6 +95,17 @@ def test_a_dropped_photo_is_shown_on_the_map_offline(server, offline):
     page.screenshot(path=ARTIFACTS / "neighbour-popup.png")
     assert not errors, errors
     assert aborted == [TILE_PROBE], "the page tries one tile, and reaches nothing else outside"
+
+
+def test_a_photo_the_archive_holds_is_named_as_such(server, offline):
+    page, errors, _ = offline
+    fine = server["hierarchy"].fine
+    held = next(r for r in server["gallery"] if fine.assign([float(r["lat"])], [float(r["lon"])])[0] == 0)
+    answer = locate_on_page(page, server, held)  # in the cell the classifier prefers, so among the neighbours
+    assert answer["same_photo"]["source"] == held["filename"], answer
+    assert page.text_content("#verdict") == "This very photo is in the archive"
+    assert page.text_content("#facts").startswith(f"dev: {held['filename']} · ")
+    assert not errors, errors
 
 
 def test_the_answer_carries_each_cells_corners(server, offline):

@@ -51,6 +51,8 @@ function showVerdict(answer) {
 
 function showFacts(answer) {
   const facts = answer.place ? [coordinates(answer.lat, answer.lon)] : [];
+  const same = answer.same_photo;
+  if (same) facts.unshift(`${same.collection}: ${same.source}`);
   if (typeof answer.uncertainty_km === "number") facts.push(`± ${km(answer.uncertainty_km)}`);
   if (answer.abstained) facts.push("best guess only");
   const neighbours = answer.neighbours || [];

@@ -42,10 +42,13 @@ const LEVELS = [
   { within: 2500, text: "Only the continent is likely", tone: "continent" },
 ];
 const NOT_CONFIDENT = { text: "Not confident", tone: "none" };
+const SAME_PHOTO = { text: "This very photo is in the archive", tone: "city" };
 
-/** The confidence in words: the smallest distance the answer likely lies within, from the calibrated
- *  probabilities when the server sends them, else from uncertainty_km, else from the 25 km confidence. */
+/** The confidence in words: that the archive holds the very photo, else the smallest distance the answer
+ *  likely lies within, from the calibrated probabilities when the server sends them, else from
+ *  uncertainty_km, else from the 25 km confidence. */
 export function verdict(answer) {
+  if (answer.same_photo) return SAME_PHOTO;
   if (answer.abstained) return NOT_CONFIDENT;
   let within = null;
   const p = answer.probabilities;
