@@ -49,6 +49,7 @@ from bench.harness import WARMUP, Watch, alternate, prepare, seconds, server, st
 from geoloc.batching import Batcher  # noqa: E402
 from geoloc.embedding import Embedder  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
+from geoloc.ingest.records import sha256_hex  # noqa: E402
 from geoloc.locate import Locator  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
 from geoloc.search_api.routes.common import QUERY_DECODE_SIDE  # noqa: E402
@@ -101,13 +102,13 @@ class TimedLocator(Locator):
         self.clock = clock
         super().__init__(*args, **kwargs)
 
-    def locate_features(self, features):
+    def locate_features(self, features, digests=None):
         with self.clock.lap("locate_features"):
-            return super().locate_features(features)
+            return super().locate_features(features, digests)
 
-    def _answer(self, hits, cell_weights=None):
+    def _answer(self, hits, cell_weights, wide):
         with self.clock.lap("aggregation"):
-            return super()._answer(hits, cell_weights)
+            return super()._answer(hits, cell_weights, wide)
 
     def _calibrate(self, answers):
         with self.clock.lap("calibration"):
@@ -122,6 +123,7 @@ def locate_once(services, data: bytes, clock: Clock) -> dict:
     with clock.lap("total"):
         with clock.lap("decode"):
             image = to_rgb(open_image(data, services.settings.max_pixels, min_side=QUERY_DECODE_SIDE))
+            digest = sha256_hex(data)
         with clock.lap("serving()"):
             embedder, gallery = services.serving()
         timed = TIMED_GALLERIES.setdefault(id(gallery), TimedGallery(gallery, clock))  # one per store, as served
@@ -131,7 +133,7 @@ def locate_once(services, data: bytes, clock: Clock) -> dict:
             services.check_ready(locator)
         with clock.lap("batched features"):
             features = services.features(embedder, [image])
-        answer = locator.locate_features(features)[0]
+        answer = locator.locate_features(features, [digest])[0]
         with clock.lap("to_dict()"):
             return answer.to_dict()
 
