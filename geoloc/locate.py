@@ -155,9 +155,20 @@ class Locator:
             partition, probs = self._cell_probabilities(features)
             answers = [self._search_within_cells(v, p, partition) for v, p in zip(vectors, probs)]
         for answer, digest in zip(answers, digests or ()):
-            if digest:
-                _recognise(answer, digest)
+            copy = digest and (_among(answer.neighbours, digest) or self._stored_copy(digest))
+            if copy:
+                _answer_with(answer, copy)
         return _name_places(self._calibrate(answers))
+
+    def _stored_copy(self, digest: str) -> Neighbour | None:
+        """The gallery's copy of these bytes in the collections searched, looked up by its point id: with
+        Search-within-Cell it may lie outside the cells searched (retrieval always finds it first)."""
+        if not self.within_cell:
+            return None
+        names = self.collections if self.collections is not None else list(self.gallery.collections())
+        found = self.gallery.retrieve([point_id(name, digest) for name in names])
+        return next((Neighbour(h.id, h.lat, h.lon, 1.0, 0.0, h.payload.get("collection", ""),
+                               h.payload.get("source", "")) for h in found), None)
 
     def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> list[Hit]:
         """The pool of nearest photos: the first K make the answer, all of them weigh its place."""
@@ -257,12 +268,13 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
     nearest_places([0.0], [0.0])
 
 
-def _recognise(answer: Answer, digest: str) -> None:
-    """When a neighbour is the very photo (its point id is that of these bytes in its collection), answer with
-    its recorded location: the archive's own record, not an estimate."""
-    same = next((n for n in answer.neighbours if n.id == point_id(n.collection, digest)), None)
-    if same is None:
-        return
+def _among(neighbours: list[Neighbour], digest: str) -> Neighbour | None:
+    """The neighbour that is the very photo: its point id is that of these bytes in its collection."""
+    return next((n for n in neighbours if n.id == point_id(n.collection, digest)), None)
+
+
+def _answer_with(answer: Answer, same: Neighbour) -> None:
+    """Answer with the recorded location of the gallery's copy of the photo: the archive's own record."""
     answer.lat, answer.lon = same.lat, same.lon
     for n in answer.neighbours:
         n.km = float(haversine_km(n.lat, n.lon, same.lat, same.lon))

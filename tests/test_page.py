@@ -97,12 +97,18 @@ def test_a_dropped_photo_is_shown_on_the_map_offline(server, offline):
     assert aborted == [TILE_PROBE], "the page tries one tile, and reaches nothing else outside"
 
 
-def test_a_photo_the_archive_holds_is_named_as_such(server, offline):
+@pytest.mark.parametrize("cell", ["preferred", "other"])
+def test_a_photo_the_archive_holds_is_named_as_such(server, offline, cell):
+    """Held in the cell the classifier prefers, the photo is among the neighbours; held in another, the
+    cells searched miss it, and it is looked up by its bytes' digest."""
     page, errors, _ = offline
     fine = server["hierarchy"].fine
-    held = next(r for r in server["gallery"] if fine.assign([float(r["lat"])], [float(r["lon"])])[0] == 0)
-    answer = locate_on_page(page, server, held)  # in the cell the classifier prefers, so among the neighbours
+    held = next(r for r in server["gallery"]
+                if (fine.assign([float(r["lat"])], [float(r["lon"])])[0] == 0) == (cell == "preferred"))
+    answer = locate_on_page(page, server, held)
     assert answer["same_photo"]["source"] == held["filename"], answer
+    assert (answer["lat"], answer["lon"]) == pytest.approx((float(held["lat"]), float(held["lon"])))
+    assert any(n["source"] == held["filename"] for n in answer["neighbours"]) == (cell == "preferred")
     assert page.text_content("#verdict") == "This very photo is in the archive"
     assert page.text_content("#facts").startswith(f"dev: {held['filename']} · ")
     assert not errors, errors
