@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
-FULL_SCAN_KB = 10_000  # Qdrant's default: filtered searches over fewer vectors than this scan them
+FULL_SCAN_KB = 10_000  # Qdrant's default: a filter matching fewer kilobytes of vectors than this is scanned
 OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaces, until the writes made meanwhile are replayed
 TRASH_DIR = "shard.trash"  # a replaced shard, being removed
 

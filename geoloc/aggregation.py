@@ -22,7 +22,7 @@ POOL_SIZE, WITNESS_KM = 50, 25.0
 
 @dataclass(frozen=True)
 class Pool:
-    """The POOL_SIZE nearest photos: coordinates and who took each (an unknown photographer is its own)."""
+    """The POOL_SIZE nearest photos: coordinates and who took each."""
 
     lat: np.ndarray
     lon: np.ndarray

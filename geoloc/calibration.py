@@ -109,6 +109,9 @@ class Calibrator:
     coef: np.ndarray  # (radii, signals) on standardised signals
     intercept: np.ndarray  # (radii,)
     info: dict = field(default_factory=dict)  # model_id, bundle_id, n, fitted, settings, metrics, default
+    # each signal's lowest and highest value in the fit: an answer's signals are clipped to them, so a value
+    # the fit never saw (a far denser gallery) cannot push a probability past what the fit measured
+    bounds: tuple[np.ndarray, np.ndarray] | None = None
 
     @functools.cached_property
     def id(self) -> str:
@@ -123,7 +126,10 @@ class Calibrator:
 
     def predict(self, signals: np.ndarray) -> np.ndarray:
         """(n, radii) probabilities of being within each radius, non-decreasing in the radius."""
-        z = (np.asarray(signals, dtype=np.float64) - self.mean) / self.scale
+        x = np.asarray(signals, dtype=np.float64)
+        if self.bounds is not None:
+            x = np.clip(x, *self.bounds)
+        z = (x - self.mean) / self.scale
         logits = np.clip(z @ self.coef.T + self.intercept, -500, 500)
         return np.maximum.accumulate(1.0 / (1.0 + np.exp(-logits)), axis=1)
 
@@ -131,8 +137,9 @@ class Calibrator:
         return self.predict(signal_matrix(rows, self.signals))
 
     def to_dict(self) -> dict:
+        bounds = {"low": self.bounds[0].tolist(), "high": self.bounds[1].tolist()} if self.bounds else {}
         return {"format": FORMAT, "version": VERSION, "radii_km": list(RADII_KM), "signals": list(self.signals),
-                "scaler": {"mean": self.mean.tolist(), "scale": self.scale.tolist()},
+                "scaler": {"mean": self.mean.tolist(), "scale": self.scale.tolist(), **bounds},
                 "coefficients": {f"{r:g}": {"coef": c.tolist(), "intercept": float(b)}
                                  for r, c, b in zip(RADII_KM, self.coef, self.intercept)},
                 **self.info}
@@ -173,7 +180,7 @@ def fit(signals: np.ndarray, errors_km, groups=None, names=SIGNALS, **info) -> C
         model, chosen[f"{RADII_KM[j]:g}"] = _regression(z, y, groups)
         coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
     info = {**info, "n": int(x.shape[0]), "regularisation_c": chosen}
-    return Calibrator(tuple(names), scaler.mean_, scaler.scale_, coef, intercept, info)
+    return Calibrator(tuple(names), scaler.mean_, scaler.scale_, coef, intercept, info, (x.min(axis=0), x.max(axis=0)))
 
 
 def _regression(z: np.ndarray, y: np.ndarray, groups) -> tuple:
@@ -223,12 +230,14 @@ def from_dict(data: dict, origin: str = "calibrator") -> Calibrator:
         rows = [data["coefficients"][f"{r:g}"] for r in RADII_KM]
         parts = (np.array(data["scaler"]["mean"], float), np.array(data["scaler"]["scale"], float),
                  np.array([row["coef"] for row in rows], float), np.array([row["intercept"] for row in rows], float))
+        scaler = data["scaler"]
+        bounds = (np.array(scaler["low"], float), np.array(scaler["high"], float)) if "low" in scaler else None
     except (KeyError, TypeError, ValueError) as err:
         raise CalibrationError(f"{origin}: incomplete calibrator ({err!r})") from err
-    if any(p.shape[-1] != len(names) for p in parts[:3]) or parts[3].shape != (len(RADII_KM),):
+    if any(p.shape[-1] != len(names) for p in (*parts[:3], *(bounds or ()))) or parts[3].shape != (len(RADII_KM),):
         raise CalibrationError(f"{origin}: coefficients do not match its {len(names)} signals")
     skip = {"format", "version", "radii_km", "signals", "scaler", "coefficients"}
-    return Calibrator(names, *parts, {k: v for k, v in data.items() if k not in skip})
+    return Calibrator(names, *parts, {k: v for k, v in data.items() if k not in skip}, bounds)
 
 
 def load_calibrator(path: str | Path) -> Calibrator:

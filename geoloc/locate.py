@@ -205,6 +205,7 @@ class Locator:
         lat = np.array([h.lat for h in hits])
         lon = np.array([h.lon for h in hits])
         scores = np.array([h.score for h in hits]) if cell_weights is None else cell_weights
+        wide = wide[:POOL_SIZE]  # the same pool whatever K and the cells searched, as the calibrator was fitted
         pool = Pool(np.array([h.lat for h in wide]), np.array([h.lon for h in wide]),
                     np.array([_photographer(h) for h in wide]))
         options = {"pool": pool} if self._aggregate_with_pool else {}
@@ -283,8 +284,9 @@ def _answer_with(answer: Answer, same: Neighbour) -> None:
 
 
 def _photographer(hit: Hit) -> str:
-    """Who took a gallery photo; unknown, each photo counts as its own photographer."""
-    return str((hit.payload.get("extra") or {}).get(PHOTOGRAPHER) or f"photo:{hit.id}")
+    """Who took a gallery photo; "" when unknown: photos nobody is credited for count as one photographer
+    (as many unknown photographers would make a crowded place look like a landmark)."""
+    return str((hit.payload.get("extra") or {}).get(PHOTOGRAPHER) or "")
 
 
 def _name_places(answers: list[Answer]) -> list[Answer]:

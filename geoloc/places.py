@@ -87,8 +87,9 @@ def _read_cache(path: Path) -> dict | None:
         return None
     if len({len(column) for column in text.values()} | {columns["lat"].size, columns["lon"].size}) != 1:
         return None
-    return {**text, "regions": [sys.intern(r) for r in text["regions"]], "lat": columns["lat"],
-            "lon": columns["lon"]}
+    # a few thousand distinct regions and codes, each object shared, as a fresh parse shares them
+    shared = {name: [sys.intern(value) for value in text[name]] for name in ("regions", "codes")}
+    return {**text, **shared, "lat": columns["lat"], "lon": columns["lon"]}
 
 
 def _write_cache(path: Path, columns: dict) -> None:

@@ -51,7 +51,7 @@ class GalleryTuning(BaseSettings):
     # candidates while linking; Qdrant's defaults. Denser graphs find more of the exact top 10 at a million
     # photos, at a longer build and more memory (README "Speed", bench/gallery_scale.py --m --ef-construct)
     hnsw_m: Count = 16
-    hnsw_ef_construct: Count = 100
+    hnsw_ef_construct: Annotated[int, Field(ge=4)] = 100
     # a new embedded gallery store keeps int8 copies of its vectors in RAM, searched first and rescored with the
     # float32 originals kept on disk: half the memory, and faster searches (a Qdrant server: GEOLOC_QDRANT_INT8)
     edge_int8: Flag = False

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from geoloc.ingest.coordinates import GpsError, validate_coordinates
-from geoloc.ingest.exif_credit import photographer_from_exif
+from geoloc.ingest.credit import clean_credit, photographer_from_exif
 from geoloc.ingest.exif_gps import gps_from_exif
 from geoloc.ingest.files import FileSkip, ReadPolicy, open_regular, read_bounded
 from geoloc.ingest.images import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageError, open_image, to_rgb
@@ -61,10 +61,9 @@ def load_photo(source: str, data: bytes, lat=None, lon=None, extra: dict | None 
     except (ImageError, GpsError) as exc:
         return Skipped(source, str(exc))
     extra = dict(extra or {})
-    if not extra.get(PHOTOGRAPHER):
-        credit = photographer_from_exif(image)
-        if credit:
-            extra[PHOTOGRAPHER] = credit
+    credit = clean_credit(extra.pop(PHOTOGRAPHER, None)) or photographer_from_exif(image)
+    if credit:
+        extra[PHOTOGRAPHER] = credit
     if store is None:
         digest = sha256_hex(data)
     else:

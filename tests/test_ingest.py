@@ -122,11 +122,15 @@ def _credited_jpeg(artist) -> bytes:
 
 
 def test_the_photographer_is_the_manifest_column_else_exif_artist():
-    assert load_photo("p", _credited_jpeg(" Jane Doe\x00 "), 1, 2).extra == {"photographer": "Jane Doe"}
-    given = load_photo("p", _credited_jpeg("Jane Doe"), 1, 2, {"photographer": "Ann Roe"})
-    assert given.extra == {"photographer": "Ann Roe"}
-    assert load_photo("p", _credited_jpeg("   "), 1, 2).extra == {}
-    assert len(load_photo("p", _credited_jpeg("x" * 5000), 1, 2).extra["photographer"]) == 200
+    def credit(artist, given=None):
+        return load_photo("p", _credited_jpeg(artist), 1, 2, given).extra.get("photographer")
+
+    assert credit(" Jane Doe\x00 ") == "Jane Doe"
+    assert credit("Jane Doe", {"photographer": " Ann\t Roe "}) == "Ann Roe"  # the manifest's, cleaned alike
+    assert credit("Jane Doe", {"photographer": "  "}) == "Jane Doe"  # a blank column names nobody
+    assert credit("José Ñ".encode("utf-8")) == "José Ñ" and credit("José".encode("latin-1")) == "José"
+    assert credit("x\n\x1b[31mred") == "x [31mred"  # control characters never reach a payload
+    assert credit("   ") is None and len(credit("x" * 5000)) == 200
     assert load_photo("p", photo_bytes({}, size=(32, 32)), 1, 2).extra == {}
 
 

@@ -18,7 +18,7 @@ FORMATS = ("table", "json", "jsonl", "csv", "geojson")
 PROBABILITIES = tuple(f"p_{radius:g}km" for radius in RADII_KM)
 # the main fields of an answer, flat: CSV columns and GeoJSON properties alike
 COLUMNS = ("image", "lat", "lon", "place", "country", "country_code", "confidence", "abstained", "uncertainty_km",
-           *PROBABILITIES, "calibration", "same_photo", "method", "cluster_size", "cell", "neighbours", "error_km")
+           *PROBABILITIES, "calibration", "method", "cluster_size", "cell", "neighbours", "error_km", "same_photo")
 
 
 def flat(result: dict) -> dict:
