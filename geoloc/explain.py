@@ -23,7 +23,6 @@ from itertools import chain, islice
 import numpy as np
 from PIL import Image, ImageDraw
 
-from geoloc.aggregation import AGGREGATORS
 from geoloc.locate import Answer, LocateError, Locator
 
 DEFAULT_GRID = 7
@@ -51,12 +50,12 @@ class Explanation:
                 "target": self.target, "answer": {"lat": self.answer.lat, "lon": self.answer.lon}}
 
 
-def explain(image: Image.Image, locator: Locator, grid: int = DEFAULT_GRID) -> Explanation:
-    """The answer `locator` gives for `image` (upright RGB), and the importance of each cell of a grid x grid
-    partition of the photo for it."""
+def explain(image: Image.Image, locator: Locator, grid: int = DEFAULT_GRID, digest: str | None = None) -> Explanation:
+    """The answer `locator` gives for `image` (upright RGB; `digest`, the SHA-256 of its bytes, as locate takes
+    it), and the importance of each cell of a grid x grid partition of the photo for it."""
     if not GRID_RANGE[0] <= grid <= GRID_RANGE[1]:
         raise ValueError(f"grid must lie between {GRID_RANGE[0]} and {GRID_RANGE[1]}")
-    answer = locator.locate([image])[0]
+    answer = locator.locate([image], [digest])[0]
     target, scorer = _scorer(locator, answer)
     work = _working_copy(image)
     fill = fill_colour(locator)
@@ -116,13 +115,14 @@ def fill_colour(locator: Locator) -> tuple[int, int, int]:
 def _scorer(locator: Locator, answer: Answer) -> tuple[str, Scorer]:
     """What the answer was decided by, as a function of backbone features."""
     bundle = locator.embedder.bundle
-    if bundle is not None and locator.within_cell and locator.prior is None and answer.cell is not None:
+    by_cell = bundle is not None and locator.within_cell and locator.prior is None and answer.cell is not None
+    if by_cell and answer.same_photo is None:
         index = list(bundle.hierarchy.fine.tokens).index(answer.cell["token"])
         return "cell", lambda features: np.exp(bundle.cell_log_probs(features, head=locator.head))[:, index]
-    support = rested_on(locator, answer)
-    if not support:
+    ids = [answer.same_photo["id"]] if answer.same_photo else [n.id for n in rested_on(answer)]
+    if not ids:
         raise LocateError("the answer rests on no reference photo: there is nothing to explain")
-    vectors = [h.vector for h in locator.gallery.retrieve([n.id for n in support]) if h.vector is not None]
+    vectors = [h.vector for h in locator.gallery.retrieve(ids) if h.vector is not None]
     if not vectors:
         raise LocateError("the reference photos the answer rests on were removed meanwhile: ask again")
     references = np.stack(vectors).astype(np.float32)
@@ -130,11 +130,6 @@ def _scorer(locator: Locator, answer: Answer) -> tuple[str, Scorer]:
     return "retrieval", lambda features: (locator.embedder.vectors(features) @ references.T).mean(axis=1)
 
 
-def rested_on(locator: Locator, answer: Answer) -> list:
-    """The neighbours the aggregator built the answer from (the aggregation is deterministic: run again)."""
-    neighbours = answer.neighbours
-    if not neighbours:
-        return []
-    lat, lon, similarity = (np.array([getattr(n, f) for n in neighbours]) for f in ("lat", "lon", "similarity"))
-    estimate = AGGREGATORS.get(locator.aggregator)(lat, lon, similarity, **locator.aggregator_options)
-    return [neighbours[i] for i in estimate.support]
+def rested_on(answer: Answer) -> list:
+    """The neighbours the answer was built from (or, for a photo the gallery holds, its copy among them)."""
+    return [answer.neighbours[i] for i in answer.support]

@@ -66,6 +66,7 @@ class Answer:
     abstained: bool = False  # confidence under the locator's min_confidence: a best guess, marked as such
     signals: dict[str, float] = field(default_factory=dict)  # what the probabilities were computed from
     same_photo: dict | None = None  # the gallery's copy of this very photo (same bytes): id, collection, source
+    support: list[int] = field(default_factory=list)  # indices of the neighbours the answer rests on
 
     def to_dict(self) -> dict:
         """As dataclasses.asdict makes it, without its deep copies (a third of a warm locate's own time)."""
@@ -215,7 +216,8 @@ class Locator:
                                 h.payload.get("source", "")) for h, d in zip(hits, km)]
         witnesses = int(pool.witnesses(estimate.lat, estimate.lon)[0])
         return Answer(estimate.lat, estimate.lon, self.method, len(estimate.support), neighbours,
-                      signals=answer_signals([h.score for h in hits], km, estimate.support, witnesses))
+                      signals=answer_signals([h.score for h in hits], km, estimate.support, witnesses),
+                      support=list(estimate.support))
 
     def _search_within_cells(self, vector: np.ndarray, probs: np.ndarray, fine: Partition) -> Answer:
         order = np.argsort(-probs)
@@ -280,6 +282,7 @@ def _answer_with(answer: Answer, same: Neighbour) -> None:
     for n in answer.neighbours:
         n.km = float(haversine_km(n.lat, n.lon, same.lat, same.lon))
     answer.cluster_size = sum(n.km <= 1 for n in answer.neighbours)
+    answer.support = [i for i, n in enumerate(answer.neighbours) if n.id == same.id]
     answer.same_photo = {"id": same.id, "collection": same.collection, "source": same.source}
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from geoloc.cli import main
 from geoloc.explain import cell_boxes, covered, explain, fill_colour, normalised, rested_on
+from geoloc.ingest.records import point_id
 from geoloc.locate import Locator
 from tests.api_helpers import expect_error, photo_file
 from tests.services import DATA
@@ -31,7 +32,7 @@ def locator(api):
 
 def retrieval_score(locator, answer, images) -> np.ndarray:
     """The score explained, computed here on its own: mean cosine similarity to the photos the answer rests on."""
-    references = np.stack([h.vector for h in locator.gallery.retrieve([n.id for n in rested_on(locator, answer)])])
+    references = np.stack([h.vector for h in locator.gallery.retrieve([n.id for n in rested_on(answer)])])
     references /= np.linalg.norm(references, axis=1, keepdims=True)
     return (locator.embedder.vectors(locator.embedder.features(images)) @ references.T).mean(axis=1)
 
@@ -94,6 +95,26 @@ def test_the_api_explains_locates_answer_for_the_readers_collections(api, photos
     assert body["answer"] == pytest.approx({"lat": located["lat"], "lon": located["lon"]})
     default = client.post("/v1/explain", files=photo_file(query), headers=api["reader"]).json()
     assert (default["rows"], default["cols"]) == (7, 7)
+
+
+def test_a_held_photo_is_explained_as_locate_answers_it(api, photos):
+    """A photo the gallery holds: locate answers with its copy, and explain explains that answer, by the
+    similarity to the copy."""
+    client, query = api["client"], photos["news"][1]
+    located = client.post("/v1/locate", files=photo_file(query), headers=api["reader"]).json()
+    assert located["same_photo"]["id"] == point_id("news", query["sha256"])
+    body = client.post("/v1/explain", files=photo_file(query), data={"grid": "3"}, headers=api["reader"]).json()
+    assert body["target"] == "retrieval"
+    assert body["answer"] == pytest.approx({"lat": located["lat"], "lon": located["lon"]})
+
+
+def test_what_an_answer_rests_on_is_what_its_aggregator_chose(locator, photos):
+    image = image_of(photos["spare"][1])
+    for aggregator in ("cluster", "witnesses"):
+        answer = Locator(locator.embedder, locator.gallery, collections=["news"], aggregator=aggregator,
+                         k=5).locate([image])[0]
+        assert len(rested_on(answer)) == answer.cluster_size >= 1
+        assert all(n in answer.neighbours for n in rested_on(answer))
 
 
 def test_the_api_refuses_what_locate_refuses(api, photos):

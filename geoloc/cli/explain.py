@@ -29,13 +29,16 @@ def heat_map(image: Image.Image, importance: np.ndarray) -> Image.Image:
     return Image.blend(image.convert("RGB"), heat, HEAT_OPACITY)
 
 
-def _read(name: str, settings) -> Image.Image:
+def _read(name: str, settings) -> tuple[Image.Image, str]:
+    """The photo, decoded, and the SHA-256 of its bytes."""
     from geoloc.ingest.files import FileSkip, ReadPolicy, read_bounded
     from geoloc.ingest.images import ImageError, open_image, to_rgb
+    from geoloc.ingest.records import sha256_hex
 
     policy = ReadPolicy.from_settings(settings)
     try:
-        return to_rgb(open_image(read_bounded(name, policy), policy.max_pixels))
+        data = read_bounded(name, policy)
+        return to_rgb(open_image(data, policy.max_pixels)), sha256_hex(data)
     except (FileSkip, ImageError) as exc:
         raise UserError(f"{name}: cannot use this photo ({exc})") from None
 
@@ -57,11 +60,11 @@ def cmd_explain(args) -> int:
     from geoloc.locate import Locator
 
     with runtime_from(args) as runtime:
-        image = _read(args.photo, runtime.settings)
+        image, digest = _read(args.photo, runtime.settings)
         locator = Locator(runtime.embedder, runtime.gallery(), k=args.k, collections=args.collections,
                           home=runtime.settings.home)
         locator.check_ready()
-        explanation = explain(image, locator, args.grid)
+        explanation = explain(image, locator, args.grid, digest)
     document = explanation.to_dict()
     if args.out:
         heat_map(image, explanation.importance).save(args.out)

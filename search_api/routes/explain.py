@@ -49,11 +49,11 @@ def explain_photo(svc: Svc, key: Caller, audit: Annotated[dict, Depends(details)
                   grid: Annotated[int, Form(ge=GRID_RANGE[0], le=GRID_RANGE[1],
                                             description="Rows and columns of the grid")] = DEFAULT_GRID):
     scope = audit["collections"] = key.scope(None)
-    image, _ = read_photo(photo, svc.settings)
+    image, digest = read_photo(photo, svc.settings)
     embedder, gallery = svc.serving()
     locator = Locator(embedder, gallery, collections=scope, home=svc.settings.home)
     locator.check_ready()
-    explanation = explain(image, locator, grid)
+    explanation = explain(image, locator, grid, digest)
     audit.update(grid=grid, answer={"lat": explanation.answer.lat, "lon": explanation.answer.lon,
                                     "target": explanation.target})
     return explanation.to_dict()
