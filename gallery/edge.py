@@ -4,8 +4,8 @@ Edge has no background optimizer: upserts land in plain segments, searchable at 
 `optimize()` builds HNSW (minutes per 100k points). Edge's own optimize holds the shard and the interpreter
 for that long, so the index is built on a copy by another process and swapped in (gallery.edge_index), by
 `geoloc maintenance index`, the API's index job, or on its own after GEOLOC_INDEX_AFTER_UPSERTS upserts.
-Filtered searches ask for exact scoring, which the payload indexes keep fast: they are created with the
-shard, before any upsert, so the filter selects the cell's points before any vector is scored.
+The payload indexes are created with the shard, before any upsert, so a filter selects a cell's points before
+any vector is scored; a cell below FULL_SCAN_KB is then scored whole (stores made before it ask for exact).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
-from geoloc.gallery.base import (PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter, box_ranges,
-                                 float_bounds)
+from geoloc.gallery.base import (FULL_SCAN_KB, PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter,
+                                 box_ranges, float_bounds)
 from geoloc.gallery.faults import GalleryUnavailable, check_directory, describe, disk_faults, is_fault
 from geoloc.gallery.qdrant_base import QdrantGallery
 from geoloc.settings import GalleryTuning
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 META_FILE = "gallery.json"
 SHARD_DIR = "shard"
-FULL_SCAN_KB = 10_000  # Qdrant's default: a filter matching fewer kilobytes of vectors than this is scanned
 OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaces, until the writes made meanwhile are replayed
 TRASH_DIR = "shard.trash"  # a replaced shard, being removed
 
@@ -193,7 +192,8 @@ class EdgeGallery(QdrantGallery):
             if not meta.is_file():  # a FIFO here would block a plain read for ever
                 raise GalleryUnavailable(f"{meta} is not a regular file: restore the gallery's {META_FILE}")
             try:
-                stored = int(json.loads(meta.read_text())["dim"])
+                data = json.loads(meta.read_text())
+                stored, self.plans_filters = int(data["dim"]), data.get("full_scan_kb") == FULL_SCAN_KB
             except (ValueError, KeyError, TypeError) as exc:
                 raise GalleryUnavailable(f"{meta} is damaged ({exc}): restore it from a backup") from None
             if dim is not None and dim != stored:
@@ -206,8 +206,10 @@ class EdgeGallery(QdrantGallery):
         if dim is None:
             raise NoGallery(f"there is no gallery at {self.path} yet: index some photos first")
         tmp = meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"dim": int(dim), "vector": VECTOR_NAME, "distance": "cosine"}))
+        tmp.write_text(json.dumps({"dim": int(dim), "vector": VECTOR_NAME, "distance": "cosine",
+                                   "full_scan_kb": FULL_SCAN_KB}))
         os.replace(tmp, meta)
+        self.plans_filters = True
         return int(dim)
 
     def _follow_directory(self) -> None:

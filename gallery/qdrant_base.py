@@ -20,7 +20,12 @@ UPSERT_BATCH = 256
 
 
 class QdrantGallery(Gallery):
-    """A Gallery over one Qdrant store; subclasses provide the primitives, which take native filters."""
+    """A Gallery over one Qdrant store; subclasses provide the primitives, which take native filters.
+
+    `plans_filters`: the store was made with FULL_SCAN_KB, so the engine scores a cell's photos whole up to that
+    size and uses the graph beyond it; a store made before keeps exact filtered searches (its graph took 2,000)."""
+
+    plans_filters = False
 
     # ------------------------------------------------------------------------------ backend primitives
 
@@ -77,7 +82,7 @@ class QdrantGallery(Gallery):
 
     def search(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> list[Hit]:
         flt = self._native_filter(where)
-        points = self._query(self._vector(vector), k, flt, exact=flt is not None)
+        points = self._query(self._vector(vector), k, flt, exact=flt is not None and not self.plans_filters)
         return [Hit(str(p.id), float(p.score), p.payload) for p in points]
 
     def count(self, where: SearchFilter | None = None) -> int:

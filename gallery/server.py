@@ -13,7 +13,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from geoloc.gallery.base import (PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, NoGallery,
+from geoloc.gallery.base import (FULL_SCAN_KB, PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, NoGallery,
                                  SearchFilter, box_ranges, float_bounds)
 from geoloc.gallery.qdrant_base import QdrantGallery
 from geoloc.settings import GalleryTuning
@@ -94,8 +94,8 @@ class ServerGallery(QdrantGallery):
                  tuning: GalleryTuning | None = None):
         self.collection = collection
         tuning = tuning or GalleryTuning()
-        self.hnsw_ef, self._graph = tuning.hnsw_ef, models.HnswConfigDiff(m=tuning.hnsw_m,
-                                                                           ef_construct=tuning.hnsw_ef_construct)
+        self.hnsw_ef, self._graph = tuning.hnsw_ef, models.HnswConfigDiff(
+            m=tuning.hnsw_m, ef_construct=tuning.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_KB)
         self._local = url is None
         if self._local:
             client = QdrantClient(location=location, path=path)
@@ -111,6 +111,7 @@ class ServerGallery(QdrantGallery):
         config = self._client.get_collection(collection).config
         self.dim = self._stored_dim(config, dim)
         self._quantized = config.quantization_config is not None
+        self.plans_filters = not self._local and config.hnsw_config.full_scan_threshold >= FULL_SCAN_KB
         self._ensure_indexes()
 
     def _create(self, dim: int, shard_number, replication_factor, on_disk: bool, int8: bool) -> None:

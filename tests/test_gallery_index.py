@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from geoloc import job_store
 from geoloc.cells import leaf_range
 from geoloc.cli import main
-from geoloc.gallery.base import GalleryPoint, SearchFilter, make_payload
+from geoloc.gallery.base import FULL_SCAN_KB, GalleryPoint, SearchFilter, make_payload
 from geoloc.gallery.edge import OLD_SHARD_DIR, SHARD_DIR, EdgeGallery
 from geoloc.gallery.edge_index import BUILD_DIR
 from geoloc.gallery.open import open_gallery
@@ -264,3 +264,18 @@ def test_settings_given_in_code_reach_the_gallery(tmp_path):
     with open_gallery(settings, DIM, MODEL) as gallery:
         assert gallery._search_params(exact=False).hnsw_ef == 33
         assert gallery.index.after_upserts == 5 and gallery.int8
+
+
+def test_stores_made_before_the_full_scan_threshold_keep_exact_cell_searches(tmp_path):
+    """A new store scans cells whole below FULL_SCAN_KB, so the engine may plan its filtered searches; a store
+    made with the engine's default threshold sends large cells to the graph, so its cell searches stay exact."""
+    gallery = EdgeGallery(tmp_path / "g", DIM, tuning=MANUAL)
+    assert gallery.plans_filters
+    assert json.loads((gallery.path / "gallery.json").read_text())["full_scan_kb"] == FULL_SCAN_KB
+    gallery.upsert(points(60))
+    gallery.close()
+    meta = tmp_path / "g" / "gallery.json"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "full_scan_kb"}))
+    with EdgeGallery(tmp_path / "g", tuning=MANUAL) as older:
+        assert not older.plans_filters
+        assert_exact(older, [p.vector for p in points(5, seed=2)])
