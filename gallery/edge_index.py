@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from geoloc.gallery.base import GalleryError
@@ -37,7 +36,6 @@ class IndexBuilder:
         self.gallery, self.after_upserts = gallery, after_upserts
         self.upserts = 0  # points upserted since the last build started
         self.builds = 0  # builds that swapped in an index
-        self.last: dict | None = None  # what the last build did
         self._one = threading.Lock()
         self._thread: threading.Thread | None = None
         self._child: subprocess.Popen | None = None
@@ -83,12 +81,12 @@ class IndexBuilder:
         except Exception as exc:  # a background build that fails leaves the old index serving
             log.warning("building the gallery index at %s failed: %s", self.gallery.path, exc)
 
-    def build(self) -> dict:
-        """Copy, index the copy in another process, swap it in; what it did (points, seconds)."""
+    def build(self) -> None:
+        """Copy, index the copy in another process, swap it in."""
         with self._one:
             if self._stopping:
                 raise GalleryError(f"the gallery at {self.gallery.path} is closing")
-            started, self.upserts = time.perf_counter(), 0
+            self.upserts = 0
             gallery, copy = self.gallery, self.gallery.path / BUILD_DIR
             shutil.rmtree(copy, ignore_errors=True)
             gallery._copy_shard(copy)
@@ -100,8 +98,6 @@ class IndexBuilder:
                 shutil.rmtree(copy, ignore_errors=True)
                 raise
             self.builds += 1
-            self.last = {"points": gallery.count(), "seconds": round(time.perf_counter() - started, 2)}
-            return self.last
 
     def _optimize_apart(self, shard_dir) -> None:
         with self._spawning:  # a stop() during the copy must not let the child start after it

@@ -143,7 +143,7 @@ def test_index_builds_on_its_own_after_the_configured_upserts(tmp_path):
         assert not gallery.index.running and gallery.index.builds == 0
         gallery.upsert(made[200:260])
         gallery.index.wait()
-        assert gallery.index.builds == 1 and gallery.index.last["points"] == 260
+        assert gallery.index.builds == 1 and gallery.count() == 260
         gallery.upsert(made[260:400])  # 140 since that build: not yet another
         gallery.index.wait()
         assert gallery.index.builds == 1 and gallery.count() == 400
@@ -165,7 +165,7 @@ def test_a_closing_writer_lets_the_build_end_then_builds_what_is_due(tmp_path):
         gallery.index.after_upserts = 100
         assert gallery.index.pending and not gallery.index.running
         gallery.index.settle()
-        assert gallery.index.builds == 2 and gallery.index.last["points"] == 400 and not gallery.index.pending
+        assert gallery.index.builds == 2 and gallery.count() == 400 and not gallery.index.pending
     finally:
         gallery.close()
 
