@@ -67,6 +67,7 @@ def up(client: httpx.Client) -> bool:
 
 @contextmanager
 def server(env: dict, work: Path):
+    """A `geoloc serve` on a free loopback port: (client, seconds until it answered, its pid)."""
     with socket.socket() as sock:  # a free loopback port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -80,7 +81,7 @@ def server(env: dict, work: Path):
                 if proc.poll() is not None:
                     raise RuntimeError(f"geoloc serve exited: see {work / 'serve.log'}")
                 time.sleep(0.2)
-            yield client, time.perf_counter() - start
+            yield client, time.perf_counter() - start, proc.pid
     finally:
         proc.terminate()
         try:

@@ -63,12 +63,6 @@ def tree_rss_mb(pid: int) -> float:
     return round(total_kb / 1024, 1)
 
 
-def server_pid() -> int:
-    """The `geoloc serve` this process started (bench.harness.server keeps its handle to itself)."""
-    serving = [pid for pid in _children(os.getpid()) if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(serving) == 1, f"expected one `geoloc serve` child, found {serving}"
-    return serving[0]
-
 
 class Memory:
     """The server's resident memory, sampled every `every_s` seconds on a thread, with labelled marks."""
@@ -131,7 +125,7 @@ def run(args, work: Path) -> dict:
     with watch.phase("index"), Runtime(Settings()) as runtime:
         indexed = index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings).indexed
         model = runtime.embedder.model_id
-    with watch.phase("load"), server(env, work) as (client, up_s), Memory(server_pid()) as memory:
+    with watch.phase("load"), server(env, work) as (client, up_s, pid), Memory(pid) as memory:
         memory.mark("accepting")
         result = soak(client, photos, args.clients, args.seconds, memory)
     marks = memory.marks

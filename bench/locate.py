@@ -193,7 +193,7 @@ def over_http(env: dict, work: Path, query: Path, data: bytes, embedder: Embedde
     clock = Clock()
     forward = Batcher(TimedEmbedder(embedder, clock).features, name="bench-baseline")
     baseline = Forward(forward, to_rgb(open_image(data)), clock)
-    with server(env, work) as (client, started):
+    with server(env, work) as (client, started, _):
         request = client.build_request("POST", "/v1/locate", files={"photo": (query.name, data, "image/jpeg")})
         body, headers = request.read(), dict(request.headers)
         connection = http.client.HTTPConnection(client.base_url.host, client.base_url.port, timeout=120)

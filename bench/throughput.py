@@ -83,7 +83,7 @@ def run(args, work: Path) -> dict:
     with watch.phase("baseline_before"):
         before = batched_rate(embedder, images, args.batch, args.rounds)
     levels = [int(c) for c in args.clients.split(",")]
-    with watch.phase("http"), server(env, work) as (client, up_s):
+    with watch.phase("http"), server(env, work) as (client, up_s, _):
         name, data = photos[0]
         first = seconds(lambda: client.post("/v1/locate", files={"photo": (name, data, "image/jpeg")})
                         .raise_for_status())
