@@ -9,6 +9,8 @@ latency, unfiltered and inside S2 cells holding ~1% and ~0.01% of the photos (an
 at a million). Build and search each run in a fresh process, so memory is the gallery's own.
 
     .venv/bin/python bench/gallery_scale.py --photos 100000
+
+`--keep` leaves the built galleries under --work; a later run with `--reuse` searches them again, unbuilt.
 """
 
 from __future__ import annotations
@@ -268,7 +270,8 @@ def run(args) -> dict:
                               for n, c in cells.items()}, "layouts": {}}
     for layout in args.layouts.split(","):
         with watch.phase(f"{layout}/build"):
-            built = child("build", args, layout)
+            kept = args.reuse and (Path(args.work) / layout / "gallery.json").is_file()
+            built = {"reused": str(Path(args.work) / layout)} if kept else child("build", args, layout)
         with watch.phase(f"{layout}/search"):
             searched = child("search", args, layout, ["--plan", str(plan), "--efs", args.efs or ""])
         result["layouts"][layout] = {**built, **{k: v for k, v in searched.items() if k != "runs"},
@@ -296,6 +299,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/geoloc-gallery-scale"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the built galleries under --work")
+    parser.add_argument("--reuse", action="store_true",
+                        help="search a gallery kept under --work by an earlier run of the same --photos (no build)")
     parser.add_argument("--stall", type=int, default=20_000,
                         help="photos of the gallery on which searches are timed during an index build (0: skip)")
     parser.add_argument("--layout", help=argparse.SUPPRESS)

@@ -45,7 +45,8 @@ class GalleryTuning(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True)
 
     # candidates an unfiltered HNSW search keeps: the engine's default (100) found 0.78 of the exact top 10 in
-    # 100,000 photos, 512 found 0.995 in 6 ms (README "Speed", bench/gallery_scale.py); in-cell searches are exact
+    # 100,000 photos, 512 found 0.995 in 6 ms (README "Speed", bench/gallery_scale.py); cells below
+    # gallery.base.FULL_SCAN_KB are scanned whole
     hnsw_ef: Count = 512
     # the graph a new gallery store builds (a store keeps the graph it was made with): links per photo and
     # candidates while linking; Qdrant's defaults. Denser graphs find more of the exact top 10 at a million
