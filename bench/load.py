@@ -63,7 +63,6 @@ def tree_rss_mb(pid: int) -> float:
     return round(total_kb / 1024, 1)
 
 
-
 class Memory:
     """The server's resident memory, sampled every `every_s` seconds on a thread, with labelled marks."""
 

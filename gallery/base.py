@@ -17,9 +17,9 @@ from geoloc.cells import leaf_int64
 QDRANT_COLLECTION = "geoloc"
 VECTOR_NAME = "image"
 # a filter (an S2 cell) or a whole store matching fewer kilobytes of float32 vectors than this (20,000 photos of
-# 1280-d) is searched by reading every matching vector, quantized ones first where the store has them, instead
-# of the graph: exact answers, and with int8 3.6 ms for a cell of 10,000 (the graph found 0.97 in 1.4 ms; README
-# "The gallery at scale"). Qdrant's default, 10,000, sent a 1% cell of a million photos to the graph. New stores.
+# 1280-d) is searched by scoring every matching vector, not through the graph: exact with float32; with int8 the
+# int8 copies pick candidates the originals rescore, 0.999 of the exact top 10 in a 10,000-photo cell of a million
+# (README "The gallery at scale"). Qdrant's default, 10,000, sent such cells to the graph (0.93). New stores.
 FULL_SCAN_KB = 100_000
 
 # payload field -> index kind; created before any upsert (filtered search is 400x slower without them)

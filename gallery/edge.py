@@ -194,7 +194,7 @@ class EdgeGallery(QdrantGallery):
                 raise GalleryUnavailable(f"{meta} is not a regular file: restore the gallery's {META_FILE}")
             try:
                 data = json.loads(meta.read_text())
-                stored, self.plans_filters = int(data["dim"]), data.get("full_scan_kb") == FULL_SCAN_KB
+                stored, self.plans_filters = int(data["dim"]), "full_scan_kb" in data
             except (ValueError, KeyError, TypeError) as exc:
                 raise GalleryUnavailable(f"{meta} is damaged ({exc}): restore it from a backup") from None
             if dim is not None and dim != stored:
