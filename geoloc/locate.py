@@ -168,8 +168,7 @@ class Locator:
             return None
         names = self.collections if self.collections is not None else list(self.gallery.collections())
         found = self.gallery.retrieve([point_id(name, digest) for name in names])
-        return next((Neighbour(h.id, h.lat, h.lon, 1.0, 0.0, h.payload.get("collection", ""),
-                               h.payload.get("source", "")) for h in found), None)
+        return next((_neighbour(h, 1.0, 0.0) for h in found), None)
 
     def _retrieve(self, vector: np.ndarray, where: SearchFilter) -> list[Hit]:
         """The pool of nearest photos: the first K make the answer, all of them weigh its place."""
@@ -212,8 +211,7 @@ class Locator:
         options = {"pool": pool} if self._aggregate_with_pool else {}
         estimate = self._aggregate(lat, lon, scores, **options, **self.aggregator_options)
         km = haversine_km(lat, lon, estimate.lat, estimate.lon)
-        neighbours = [Neighbour(h.id, h.lat, h.lon, float(h.score), float(d), h.payload.get("collection", ""),
-                                h.payload.get("source", "")) for h, d in zip(hits, km)]
+        neighbours = [_neighbour(h, float(h.score), float(d)) for h, d in zip(hits, km)]
         witnesses = int(pool.witnesses(estimate.lat, estimate.lon)[0])
         return Answer(estimate.lat, estimate.lon, self.method, len(estimate.support), neighbours,
                       signals=answer_signals([h.score for h in hits], km, estimate.support, witnesses),
@@ -269,6 +267,11 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
         AGGREGATORS.get(name)(np.zeros(2), np.array([0.0, 0.001]), np.array([1.0, 0.9]))
     Locator._find_calibrator(embedder, home).predict_answers([answer_signals([1.0], [0.0], [0])])
     nearest_places([0.0], [0.0])
+
+
+def _neighbour(hit: Hit, similarity: float, km: float) -> Neighbour:
+    return Neighbour(hit.id, hit.lat, hit.lon, similarity, km, hit.payload.get("collection", ""),
+                     hit.payload.get("source", ""))
 
 
 def _among(neighbours: list[Neighbour], digest: str) -> Neighbour | None:
