@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -33,10 +34,17 @@ def _expand(names: list[str]) -> list[tuple[str, bool]]:
     return queries
 
 
+class QueryItem(NamedTuple):
+    name: str
+    image: object = None  # the decoded photo; None when it could not be used
+    truth: tuple[float, float] | None = None  # (lat, lon) from a manifest
+    error: str | None = None
+    sha256: str | None = None  # of its bytes: a photo the gallery holds is recognised
+
+
 def _query_items(queries: list[tuple[str, bool]], policy):
-    """(name, image or None, truth or None, error, SHA-256 of its bytes or None) for each photo: CSV manifests
-    carry truth, photos don't. A photo is read as ingest reads one (a regular file, at most the size `policy`
-    allows)."""
+    """A QueryItem for each photo: CSV manifests carry truth, photos don't. A photo is read as ingest reads one
+    (a regular file, at most the size `policy` allows)."""
     from geoloc.ingest.files import FileSkip, read_bounded
     from geoloc.ingest.images import ImageError, open_image, to_rgb
     from geoloc.ingest.records import PhotoRecord, sha256_hex
@@ -46,15 +54,15 @@ def _query_items(queries: list[tuple[str, bool]], policy):
         if manifest:
             for record in iter_source(name):
                 if isinstance(record, PhotoRecord):
-                    yield record.source, record.image, (record.lat, record.lon), None, record.sha256
+                    yield QueryItem(record.source, record.image, (record.lat, record.lon), sha256=record.sha256)
                 else:
-                    yield record.source, None, None, record.reason, None
+                    yield QueryItem(record.source, error=record.reason)
             continue
         try:
             data = read_bounded(name, policy)
-            yield name, to_rgb(open_image(data, policy.max_pixels)), None, None, sha256_hex(data)
+            yield QueryItem(name, to_rgb(open_image(data, policy.max_pixels)), sha256=sha256_hex(data))
         except (FileSkip, ImageError) as exc:
-            yield name, None, None, str(exc), None
+            yield QueryItem(name, error=str(exc))
 
 
 def _batches(items, size: int):
@@ -91,21 +99,21 @@ def cmd_locate(args) -> int:
         writer = WRITERS[fmt]() if fmt in WRITERS else None
         for batch in _batches(_query_items(queries, ReadPolicy.from_settings(runtime.settings)), batch_size):
             bar.update(len(batch))
-            for name, _, _, error, _ in batch:
-                if error:
-                    print(f"geoloc: error: {name}: cannot use this photo ({error})", file=sys.stderr)
+            for item in batch:
+                if item.error:
+                    print(f"geoloc: error: {item.name}: cannot use this photo ({item.error})", file=sys.stderr)
                     failures += 1
-            usable = [item for item in batch if item[1] is not None]
-            answers = locator.locate([item[1] for item in usable], [item[4] for item in usable]) if usable else []
-            for (name, _, truth, _, _), answer in zip(usable, answers):
-                result = {"image": name, **answer.to_dict()}
-                if truth:
-                    result["error_km"] = float(errors_km(answer.lat, answer.lon, *truth))
+            usable = [item for item in batch if item.image is not None]
+            answers = locator.locate([i.image for i in usable], [i.sha256 for i in usable]) if usable else []
+            for item, answer in zip(usable, answers):
+                result = {"image": item.name, **answer.to_dict()}
+                if item.truth:
+                    result["error_km"] = float(errors_km(answer.lat, answer.lon, *item.truth))
                     errors.append(result["error_km"])
                 if writer:
                     writer.add(result)
                 else:
-                    _print_answer(name, answer, result.get("error_km"))
+                    _print_answer(item.name, answer, result.get("error_km"))
         bar.close()
     summary = accuracy(errors) if errors else None
     writer.finish(summary) if writer else _print_summary(summary)
