@@ -126,3 +126,14 @@ def confirm(action: str, yes: bool) -> bool:
 def print_counts(counts: dict[str, int], verb: str = "skipped") -> None:
     for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {verb} {count}: {reason}")
+
+
+def read_query_photo(name: str, policy):
+    """A query photo read as ingest reads one (a regular file, within `policy`'s limits), decoded upright RGB,
+    and the SHA-256 of its bytes (a photo the gallery holds is recognised). Raises FileSkip or ImageError."""
+    from geoloc.ingest.files import read_bounded
+    from geoloc.ingest.images import open_image, to_rgb
+    from geoloc.ingest.records import sha256_hex
+
+    data = read_bounded(name, policy)
+    return to_rgb(open_image(data, policy.max_pixels)), sha256_hex(data)

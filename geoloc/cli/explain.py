@@ -8,7 +8,8 @@ import argparse
 import numpy as np
 from PIL import Image, ImageOps
 
-from geoloc.cli.common import UserError, add_command, add_list_option, add_model_options, result, runtime_from
+from geoloc.cli.common import UserError, add_command, add_list_option, add_model_options, \
+    read_query_photo, result, runtime_from
 from geoloc.explain import DEFAULT_GRID, GRID_RANGE
 
 HEAT_OPACITY = 0.5
@@ -31,14 +32,11 @@ def heat_map(image: Image.Image, importance: np.ndarray) -> Image.Image:
 
 def _read(name: str, settings) -> tuple[Image.Image, str]:
     """The photo, decoded, and the SHA-256 of its bytes."""
-    from geoloc.ingest.files import FileSkip, ReadPolicy, read_bounded
-    from geoloc.ingest.images import ImageError, open_image, to_rgb
-    from geoloc.ingest.records import sha256_hex
+    from geoloc.ingest.files import FileSkip, ReadPolicy
+    from geoloc.ingest.images import ImageError
 
-    policy = ReadPolicy.from_settings(settings)
     try:
-        data = read_bounded(name, policy)
-        return to_rgb(open_image(data, policy.max_pixels)), sha256_hex(data)
+        return read_query_photo(name, ReadPolicy.from_settings(settings))
     except (FileSkip, ImageError) as exc:
         raise UserError(f"{name}: cannot use this photo ({exc})") from None
 

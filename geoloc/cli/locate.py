@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from geoloc.aggregation import AGGREGATORS
 from geoloc.calibration import RADII_KM
-from geoloc.cli.common import UserError, add_command, add_list_option, add_model_options, head_name, runtime_from
+from geoloc.cli.common import UserError, add_command, add_list_option, add_model_options, head_name, \
+    read_query_photo, runtime_from
 from geoloc.cli.formats import FORMATS, WRITERS
 from geoloc.zero_shot import PRIORS
 
@@ -45,9 +46,9 @@ class QueryItem(NamedTuple):
 def _query_items(queries: list[tuple[str, bool]], policy):
     """A QueryItem for each photo: CSV manifests carry truth, photos don't. A photo is read as ingest reads one
     (a regular file, at most the size `policy` allows)."""
-    from geoloc.ingest.files import FileSkip, read_bounded
-    from geoloc.ingest.images import ImageError, open_image, to_rgb
-    from geoloc.ingest.records import PhotoRecord, sha256_hex
+    from geoloc.ingest.files import FileSkip
+    from geoloc.ingest.images import ImageError
+    from geoloc.ingest.records import PhotoRecord
     from geoloc.ingest.sources import iter_source
 
     for name, manifest in queries:
@@ -59,8 +60,8 @@ def _query_items(queries: list[tuple[str, bool]], policy):
                     yield QueryItem(record.source, error=record.reason)
             continue
         try:
-            data = read_bounded(name, policy)
-            yield QueryItem(name, to_rgb(open_image(data, policy.max_pixels)), sha256=sha256_hex(data))
+            image, digest = read_query_photo(name, policy)
+            yield QueryItem(name, image, sha256=digest)
         except (FileSkip, ImageError) as exc:
             yield QueryItem(name, error=str(exc))
 
