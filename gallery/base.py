@@ -21,6 +21,9 @@ VECTOR_NAME = "image"
 # int8 copies pick candidates the originals rescore, 0.999 of the exact top 10 in a 10,000-photo cell of a million
 # (README "The gallery at scale"). Qdrant's default, 10,000, sent such cells to the graph (0.93). New stores.
 FULL_SCAN_KB = 100_000
+# candidates an HNSW search keeps where neither GEOLOC_HNSW_EF nor a measurement (gallery.search_breadth) says:
+# 0.99 of the exact top 10 up to 100,000 photos, under 10 ms (README "The gallery at scale")
+DEFAULT_HNSW_EF = 512
 
 # payload field -> index kind; created before any upsert (filtered search is 400x slower without them)
 PAYLOAD_INDEXES = {
@@ -169,8 +172,10 @@ class Gallery(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def optimize(self) -> None:
-        """Maintenance: build the vector index where the backend does not do it in the background."""
+    def optimize(self) -> dict:
+        """Maintenance: build the vector index where the backend does not do it in the background; what the build
+        measured of its searches (gallery.search_breadth.Breadth, as a dict), empty where nothing was built."""
+        return {}
 
     def delete_collection(self, name: str) -> int:
         return self.delete(SearchFilter(collections=[name]))

@@ -11,7 +11,6 @@ any vector is scored; a cell below FULL_SCAN_KB is then scored whole (stores mad
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import shutil
@@ -27,36 +26,30 @@ from qdrant_edge import (
     EdgeShard,
     EdgeVectorParams,
     FacetRequest,
-    FieldCondition,
     Filter,
-    GeoPoint,
-    GeoRadius,
-    HasIdCondition,
     IntegerIndexParams,
-    MatchAny,
     Memory,
     PayloadSchemaType,
     Point,
     Query,
-    QuantizationSearchParams,
     QueryRequest,
-    RangeFloat,
     ScalarQuantizationConfig,
     ScalarType,
     ScrollRequest,
-    SearchParams,
     UpdateOperation,
 )
 
-from geoloc.gallery.base import (FULL_SCAN_KB, PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery, SearchFilter,
-                                 box_ranges, float_bounds)
+from geoloc.gallery.base import (DEFAULT_HNSW_EF, FULL_SCAN_KB, PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery,
+                                 SearchFilter)
+from geoloc.gallery.edge_meta import META_FILE, read_meta, write_meta
+from geoloc.gallery.edge_query import edge_filter, search_params
 from geoloc.gallery.faults import GalleryUnavailable, check_directory, describe, disk_faults, is_fault
 from geoloc.gallery.qdrant_base import QdrantGallery
+from geoloc.gallery.search_breadth import Breadth
 from geoloc.settings import GalleryTuning
 
 log = logging.getLogger(__name__)
 
-META_FILE = "gallery.json"
 SHARD_DIR = "shard"
 OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaces, until the writes made meanwhile are replayed
 TRASH_DIR = "shard.trash"  # a replaced shard, being removed
@@ -67,35 +60,6 @@ _INDEX_SCHEMAS = {
     # S2 leaf ids are only ever filtered by range (a cell), never matched one by one
     "integer": IntegerIndexParams(lookup=False, range=True),
 }
-
-
-def edge_filter(where: SearchFilter | None, ids: Sequence[str] | None = None) -> Filter | None:
-    """SearchFilter (and ids) -> one Edge Filter: its `must` conditions AND at least one of its `should` (cells)."""
-    must, should = [], None
-    if ids is not None:
-        must.append(HasIdCondition(set(ids)))
-    if where is not None:
-        if where.collections is not None:
-            must.append(FieldCondition("collection", match=MatchAny(list(where.collections))))
-        if where.cell_ranges is not None:
-            # at the top level: nested under `must`, a cell's every point was checked again (5.1 against 3.2 ms
-            # for 10,000 of a million photos); no cell must match nothing (an empty `should` matches everything)
-            should = [_in_cell(lo, hi) for lo, hi in where.cell_ranges] or None
-            must.extend([] if should else [HasIdCondition(set())])
-        if where.radius is not None:
-            lat, lon, km = where.radius
-            must.append(FieldCondition("location", geo_radius=GeoRadius(GeoPoint(lon=lon, lat=lat), km * 1000.0)))
-        if where.box is not None:
-            (south, north), lon_ranges = box_ranges(where.box)
-            must.append(FieldCondition("location.lat", range=RangeFloat(gte=south, lte=north)))
-            must.append(Filter(should=[FieldCondition("location.lon", range=RangeFloat(gte=w, lte=e))
-                                       for w, e in lon_ranges]))
-    return Filter(must=must or None, should=should) if must or should else None
-
-
-def _in_cell(lo: int, hi: int) -> FieldCondition:
-    gte, lte = float_bounds(lo, hi)
-    return FieldCondition("s2", range=RangeFloat(gte=gte, lte=lte))
 
 
 def _on_disk(method: Callable) -> Callable:
@@ -117,8 +81,9 @@ class EdgeGallery(QdrantGallery):
     `dim=None` opens an existing gallery whatever its dimension (listing, deleting); creating one needs it.
     Only one process may hold the gallery open at a time: Edge locks its write-ahead log.
     `tuning` (default: read from the environment, settings.GalleryTuning): `hnsw_ef`, the candidates an HNSW
-    search keeps; `hnsw_m` and `hnsw_ef_construct`, the graph a new shard builds; `index_after_upserts`, the
-    upserted points after which the index is built again on its own.
+    search keeps (unset: what the last index build measured, see hnsw_ef); `hnsw_m` and `hnsw_ef_construct`, the
+    graph a new shard builds; `index_after_upserts`, the upserted points after which the index is built again on
+    its own.
     `int8` (None: `edge_int8` of the tuning): a new shard keeps int8 scalar-quantized copies of the vectors in
     RAM, searched first and rescored with the float32 originals, which stay on disk; an existing shard keeps the
     layout it was made with.
@@ -131,7 +96,8 @@ class EdgeGallery(QdrantGallery):
         self.path = Path(path)
         self.dim = dim
         tuning = tuning or GalleryTuning()
-        self.hnsw_ef, self.int8 = tuning.hnsw_ef, tuning.edge_int8 if int8 is None else int8
+        self._tuned_ef, self.int8 = tuning.hnsw_ef, tuning.edge_int8 if int8 is None else int8
+        self.breadth: Breadth | None = None  # measured by the store's last index build (gallery.json)
         self._graph = (tuning.hnsw_m, tuning.hnsw_ef_construct)
         self._using, self._writing = threading.RLock(), threading.Lock()  # every shard call; every write
         self._journal: list | None = None  # writes made while a copy of the shard is being indexed
@@ -182,21 +148,23 @@ class EdgeGallery(QdrantGallery):
         int8 = ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, memory=Memory.Pinned) if self.int8 else None
         return EdgeConfig(vectors={VECTOR_NAME: vectors}, hnsw_config=graph, quantization_config=int8)
 
-    def _search_params(self, exact: bool) -> SearchParams:
-        """Quantized vectors, where the shard has them, only pick candidates: the originals rank them."""
-        return SearchParams(exact=exact, hnsw_ef=self.hnsw_ef,
-                            quantization=QuantizationSearchParams(rescore=True, oversampling=2.0))
+    @property
+    def hnsw_ef(self) -> int:
+        """GEOLOC_HNSW_EF when set, else the breadth the store's last index build measured, else the default."""
+        return self._tuned_ef or (self.breadth.hnsw_ef if self.breadth else DEFAULT_HNSW_EF)
+
+    @hnsw_ef.setter
+    def hnsw_ef(self, ef: int | None) -> None:
+        self._tuned_ef = ef
+
+    def _search_params(self, exact: bool):
+        return search_params(exact, self.hnsw_ef)
 
     def _read_or_write_dim(self, dim: int | None, create: bool) -> int:
-        meta = self.path / META_FILE
-        if meta.exists() or meta.is_symlink():
-            if not meta.is_file():  # a FIFO here would block a plain read for ever
-                raise GalleryUnavailable(f"{meta} is not a regular file: restore the gallery's {META_FILE}")
-            try:
-                data = json.loads(meta.read_text())
-                stored, self.plans_filters = int(data["dim"]), "full_scan_kb" in data
-            except (ValueError, KeyError, TypeError) as exc:
-                raise GalleryUnavailable(f"{meta} is damaged ({exc}): restore it from a backup") from None
+        data = read_meta(self.path)
+        if data is not None:
+            stored, self.plans_filters = int(data["dim"]), "full_scan_kb" in data
+            self.breadth = Breadth.from_dict(data.get("search"))
             if dim is not None and dim != stored:
                 raise GalleryError(f"the gallery at {self.path} holds {stored}-d embeddings, not {dim}-d: "
                                    f"use the model it was built with, or index into a new gallery")
@@ -206,10 +174,8 @@ class EdgeGallery(QdrantGallery):
                                      f"({META_FILE} is missing): restore it from a backup")
         if dim is None:
             raise NoGallery(f"there is no gallery at {self.path} yet: index some photos first")
-        tmp = meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"dim": int(dim), "vector": VECTOR_NAME, "distance": "cosine",
-                                   "full_scan_kb": FULL_SCAN_KB}))
-        os.replace(tmp, meta)
+        write_meta(self.path, {"dim": int(dim), "vector": VECTOR_NAME, "distance": "cosine",
+                               "full_scan_kb": FULL_SCAN_KB})
         self.plans_filters = True
         return int(dim)
 
@@ -285,9 +251,10 @@ class EdgeGallery(QdrantGallery):
     def _retrieve(self, ids: list[str]) -> list:
         return self._shard.retrieve(ids, with_payload=True, with_vector=True)
 
-    def optimize(self) -> None:
-        """Merge segments and build HNSW, searches going on meanwhile; returns when the new index serves."""
-        self.index.build()
+    def optimize(self) -> dict:
+        """Merge segments and build HNSW, searches going on meanwhile; returns when the new index serves, with the
+        search breadth measured on it."""
+        return self.index.build()
 
     @_on_disk
     def _flush(self) -> None:
@@ -305,8 +272,9 @@ class EdgeGallery(QdrantGallery):
         with self._writing:
             self._journal = None
 
-    def _swap_in(self, built: Path) -> None:
-        """Serve from the shard in `built` (a copy of this one, indexed), with the writes made since the copy."""
+    def _swap_in(self, built: Path, breadth: Breadth | None) -> None:
+        """Serve from the shard in `built` (a copy of this one, indexed), with the writes made since the copy, at
+        the search breadth measured on it (None: not measured, the default)."""
         live, old = self.path / SHARD_DIR, self.path / OLD_SHARD_DIR
         with self._writing, self._using, disk_faults(self.path):
             journal, self._journal = self._journal or [], None
@@ -325,6 +293,8 @@ class EdgeGallery(QdrantGallery):
                 self._shard.update(operation)
             self._shard.flush()
             os.replace(old, self.path / TRASH_DIR)
+            write_meta(self.path, {**(read_meta(self.path) or {}), "search": breadth and breadth.to_dict()})
+            self.breadth = breadth
         shutil.rmtree(self.path / TRASH_DIR, ignore_errors=True)
 
     def close(self) -> None:

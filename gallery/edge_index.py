@@ -4,13 +4,16 @@ Edge's `optimize()` (merge segments, build HNSW) holds the shard and the Python 
 as it runs, minutes per 100k photos: every thread of the process, searches included, would wait that long
 (measured: bench/gallery_scale.py). So the shard is copied (writes wait meanwhile, searches go on), the copy
 optimized by another process, and swapped in; writes made meanwhile are journaled and replayed onto it.
-Searches pause only for the swap: as long as loading a shard.
+Searches pause only for the swap: as long as loading a shard. That process also measures, on the built copy,
+how many candidates its searches must keep (gallery.search_breadth), so measuring slows no search either.
 
-`python -m geoloc.gallery.edge_index SHARD_DIR` optimizes the shard in SHARD_DIR: what that process runs.
+`python -m geoloc.gallery.edge_index SHARD_DIR` optimizes the shard in SHARD_DIR and prints the measured breadth
+as JSON: what that process runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -18,7 +21,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from geoloc.gallery.base import GalleryError
+from geoloc.gallery.base import VECTOR_NAME, GalleryError
+from geoloc.gallery.search_breadth import K, PROBES, Breadth, jittered, measure
 
 if TYPE_CHECKING:
     from geoloc.gallery.edge import EdgeGallery
@@ -81,8 +85,8 @@ class IndexBuilder:
         except Exception as exc:  # a background build that fails leaves the old index serving
             log.warning("building the gallery index at %s failed: %s", self.gallery.path, exc)
 
-    def build(self) -> None:
-        """Copy, index the copy in another process, swap it in."""
+    def build(self) -> dict:
+        """Copy, index the copy in another process, swap it in; the search breadth measured on it (empty: none)."""
         with self._one:
             if self._stopping:
                 raise GalleryError(f"the gallery at {self.gallery.path} is closing")
@@ -91,25 +95,30 @@ class IndexBuilder:
             shutil.rmtree(copy, ignore_errors=True)
             gallery._copy_shard(copy)
             try:
-                self._optimize_apart(copy)
-                gallery._swap_in(copy)
+                breadth = self._optimize_apart(copy)
+                gallery._swap_in(copy, breadth)
             except BaseException:
                 gallery._drop_journal()
                 shutil.rmtree(copy, ignore_errors=True)
                 raise
             self.builds += 1
+            return breadth.to_dict() if breadth else {}
 
-    def _optimize_apart(self, shard_dir) -> None:
+    def _optimize_apart(self, shard_dir) -> Breadth | None:
         with self._spawning:  # a stop() during the copy must not let the child start after it
             if self._stopping:
                 raise GalleryError(f"the gallery at {self.gallery.path} is closing")
             self._child = subprocess.Popen([sys.executable, "-m", __name__, str(shard_dir)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _, err = self._child.communicate()
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = self._child.communicate()
         if self._child.returncode != 0 and self._stopping:
             raise GalleryError(f"the index build was stopped: the gallery at {self.gallery.path} is closing")
         if self._child.returncode != 0:
             raise GalleryError(f"building the gallery index failed: {err.strip()[-500:] or self._child.returncode}")
+        try:
+            return Breadth.from_dict(json.loads(out))
+        except ValueError:
+            return None
 
     def stop(self) -> None:
         """End a running build (its copy is discarded; the index serving stays) and wait for it, whichever
@@ -124,16 +133,42 @@ class IndexBuilder:
             pass
 
 
-def _optimize(shard_dir: str) -> None:
+def _optimize(shard_dir: str) -> Breadth | None:
     from qdrant_edge import EdgeShard
 
     shard = EdgeShard.load(shard_dir)
     try:
         shard.optimize()
         shard.flush()
+        try:
+            return _measure(shard)
+        except Exception as exc:  # the index stands; its searches keep the default breadth
+            log.warning("measuring the search breadth of %s failed: %s", shard_dir, exc)
+            return None
     finally:
         shard.close()
 
 
+def _measure(shard) -> Breadth | None:
+    """The breadth `shard` needs, probed with jittered copies of its first PROBES points (ids are hashes: a
+    sample of no order), each searched exactly and as the gallery searches it."""
+    from qdrant_edge import Query, QueryRequest, ScrollRequest
+
+    from geoloc.gallery.edge_query import EXACT, search_params
+
+    records, _ = shard.scroll(ScrollRequest(limit=PROBES, with_payload=False, with_vector=True))
+    if not records:
+        return None
+
+    def search(vector: list[float], ef: int | None) -> list[str]:
+        params = EXACT if ef is None else search_params(False, ef)
+        request = QueryRequest(limit=K, query=Query.Nearest(vector, using=VECTOR_NAME), with_payload=False,
+                               params=params)
+        return [str(p.id) for p in shard.query(request)]
+
+    return measure(jittered([r.vector[VECTOR_NAME] for r in records]), search)
+
+
 if __name__ == "__main__":
-    _optimize(sys.argv[1])
+    measured = _optimize(sys.argv[1])
+    print(json.dumps(measured.to_dict() if measured else None))

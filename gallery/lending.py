@@ -50,8 +50,7 @@ def _scroll(gallery, head: dict, _) -> Answer:
 
 
 def _optimize(gallery: Gallery, *_) -> Answer:
-    gallery.optimize()
-    return {}, None
+    return {"search": gallery.optimize()}, None
 
 
 ON_A_STORE: dict[str, Callable[[Gallery, dict, np.ndarray | None], Answer]] = {

@@ -166,8 +166,8 @@ class OwnedGalleryClient(Gallery):
     def embedding_model(self) -> str | None:
         return self._call("embedding_model", {})[0]["embedding_model"]
 
-    def optimize(self) -> None:
-        self._call("optimize", {}, wait_for_ever=True)
+    def optimize(self) -> dict:
+        return self._call("optimize", {}, wait_for_ever=True)[0]["search"]
 
     def close(self) -> None:
         self._link.close()

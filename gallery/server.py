@@ -13,8 +13,8 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from geoloc.gallery.base import (FULL_SCAN_KB, PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME, GalleryError, NoGallery,
-                                 SearchFilter, box_ranges, float_bounds)
+from geoloc.gallery.base import (DEFAULT_HNSW_EF, FULL_SCAN_KB, PAYLOAD_INDEXES, QDRANT_COLLECTION, VECTOR_NAME,
+                                 GalleryError, NoGallery, SearchFilter, box_ranges, float_bounds)
 from geoloc.gallery.qdrant_base import QdrantGallery
 from geoloc.settings import GalleryTuning
 
@@ -95,7 +95,7 @@ class ServerGallery(QdrantGallery):
                  tuning: GalleryTuning | None = None):
         self.collection = collection
         tuning = tuning or GalleryTuning()
-        self.hnsw_ef, self._graph = tuning.hnsw_ef, models.HnswConfigDiff(
+        self.hnsw_ef, self._graph = tuning.hnsw_ef or DEFAULT_HNSW_EF, models.HnswConfigDiff(
             m=tuning.hnsw_m, ef_construct=tuning.hnsw_ef_construct, full_scan_threshold=FULL_SCAN_KB)
         self._local = url is None
         if self._local:

@@ -88,9 +88,9 @@ class SharedEdgeGallery(Gallery):
         with self._open() as gallery:  # one point, not the whole scroll
             return gallery.embedding_model()
 
-    def optimize(self) -> None:
+    def optimize(self) -> dict:
         with self._open() as gallery:
-            gallery.optimize()
+            return gallery.optimize()
 
     def close(self) -> None:
         """Nothing is held between operations."""

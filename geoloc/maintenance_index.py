@@ -3,7 +3,8 @@ API's index job (POST /v1/maintenance/index) through the job runner.
 
 The embedded gallery also builds it on its own after GEOLOC_INDEX_AFTER_UPSERTS upserts, and either way
 searches go on while it is built (gallery.edge_index). A Qdrant server indexes in the background by itself:
-there a build has nothing to do and returns at once.
+there a build has nothing to do and returns at once. An embedded store's build also measures how many candidates
+its searches must keep to find 0.99 of the exact top 10 (gallery.search_breadth), and its searches keep that many.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ ALL_COLLECTIONS = "*"  # an index job concerns every collection; no collection m
 
 
 def build_indexes(stores: Iterable[Gallery]) -> dict:
-    """Build each store's index in turn; how many points each held and how long its build took."""
+    """Build each store's index in turn; how many points each held, how long its build took and, where measured,
+    the search breadth it chose (`search`: hnsw_ef, recall_at_10, target_met, probes, recall_by_ef)."""
     built = []
     for gallery in stores:
         started = time.perf_counter()
-        gallery.optimize()
-        built.append({"points": gallery.count(), "seconds": round(time.perf_counter() - started, 2)})
+        search = gallery.optimize()
+        built.append({"points": gallery.count(), "seconds": round(time.perf_counter() - started, 2),
+                      **({"search": search} if search else {})})
     return {"stores": built, "points": sum(b["points"] for b in built)}
 
 

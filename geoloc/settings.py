@@ -44,10 +44,11 @@ class GalleryTuning(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True)
 
-    # candidates an unfiltered HNSW search keeps: the engine's default (100) found 0.78 of the exact top 10 in
-    # 100,000 photos, 512 found 0.995 in 6 ms (README "Speed", bench/gallery_scale.py); cells below
+    # candidates an HNSW search keeps. Unset: on the embedded gallery, the fewest that found 0.99 of the exact
+    # top 10 when its index was last built (gallery.search_breadth), else gallery.base.DEFAULT_HNSW_EF (512:
+    # 0.995 at 100,000 photos in 6 ms; a million needs 2048: README "The gallery at scale"); cells below
     # gallery.base.FULL_SCAN_KB are scanned whole
-    hnsw_ef: Count = 512
+    hnsw_ef: Count | None = None
     # the graph a new gallery store builds (a store keeps the graph it was made with): links per photo and
     # candidates while linking; Qdrant's defaults. Denser graphs find more of the exact top 10 at a million
     # photos, at a longer build and more memory (README "Speed", bench/gallery_scale.py --m --ef-construct)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from geoloc import job_store
 from geoloc.cells import leaf_range
 from geoloc.cli import main
-from geoloc.gallery.base import FULL_SCAN_KB, GalleryPoint, SearchFilter, make_payload
+from geoloc.gallery.base import DEFAULT_HNSW_EF, FULL_SCAN_KB, GalleryPoint, SearchFilter, make_payload
 from geoloc.gallery.edge import OLD_SHARD_DIR, SHARD_DIR, EdgeGallery
 from geoloc.gallery.edge_index import BUILD_DIR
 from geoloc.gallery.open import open_gallery
@@ -66,8 +66,11 @@ def test_index_command_builds_every_store_and_keeps_exact_answers(tmp_path, monk
     assert main(["maintenance", "index", "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
     assert built["points"] == 300 and len(built["stores"]) == 1
+    # a store this small is scanned whole: the narrowest breadth measured finds the exact top 10
+    search = built["stores"][0]["search"]
+    assert (search["hnsw_ef"], search["recall_at_10"], search["target_met"], search["probes"]) == (64, 1.0, True, 200)
     with open_gallery(Settings()) as gallery:
-        assert gallery.count() == 300
+        assert gallery.count() == 300 and gallery.hnsw_ef == 64
         assert_exact(gallery, [p.vector for p in points(20, seed=1)])
         assert not (gallery.path / BUILD_DIR).exists() and not (gallery.path / OLD_SHARD_DIR).exists()
 
@@ -192,8 +195,7 @@ def test_writes_made_while_the_copy_is_indexed_are_kept(tmp_path):
     gallery._copy_shard(copy)
     gallery.upsert(made[200:])
     gallery.delete(ids=[p.id for p in made[:50]])
-    gallery.index._optimize_apart(copy)
-    gallery._swap_in(copy)
+    gallery._swap_in(copy, gallery.index._optimize_apart(copy))
     assert gallery.count() == 250 and not gallery.retrieve([made[0].id]) and gallery.retrieve([made[299].id])
     gallery.close()
     with EdgeGallery(tmp_path / "g", tuning=MANUAL) as again:
@@ -224,8 +226,8 @@ def test_closing_ends_a_running_build_and_keeps_the_gallery(tmp_path):
 
 
 def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeypatch):
-    with EdgeGallery(tmp_path / "default", DIM) as gallery:  # the measured default
-        assert gallery._search_params(exact=False).hnsw_ef == GalleryTuning().hnsw_ef == 512
+    with EdgeGallery(tmp_path / "default", DIM) as gallery:  # unset and never measured: the default
+        assert GalleryTuning().hnsw_ef is None and gallery._search_params(exact=False).hnsw_ef == DEFAULT_HNSW_EF
     monkeypatch.setenv("GEOLOC_HNSW_EF", "48")
     monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "7")
     with open_gallery(Settings(home=tmp_path), DIM, MODEL) as gallery:
