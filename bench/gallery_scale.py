@@ -110,7 +110,7 @@ def build(args) -> dict:
     before = du(path)
     gallery = EdgeGallery(path, tuning=manual)
     t = time.perf_counter()
-    gallery.optimize()
+    gallery.optimize()  # the breadth it measures is read back from the gallery by the search phase
     optimize_s = time.perf_counter() - t
     gallery.close()
     return {"upsert_per_s": round(args.photos / upsert_s), "upsert_s": round(upsert_s, 1),
@@ -179,8 +179,11 @@ def search(args) -> dict:
     out = {"open_s": round(time.perf_counter() - t, 2), "rss_open": rss_mib(), "rss_before_open": empty, "runs": {}}
     modes = [("unfiltered", None)] + [(name, plan["cells"][name]) for name in plan["cells"]]
     efs = [int(ef) for ef in args.efs.split(",")] if args.efs else EFS
-    for label, ef in [(f"ef{ef}", ef) for ef in efs] + [("exact", None)]:
-        if ef is None:  # exact search reads every vector: what serving HNSW searches holds is measured before
+    # "measured": hnsw_ef unset, so searches keep the breadth the index build chose (gallery.search_breadth)
+    settings = [(f"ef{ef}", ef) for ef in efs] + [("measured", None)] * bool(gallery.breadth) + [("exact", None)]
+    out["measured_breadth"] = gallery.breadth and gallery.breadth.to_dict()
+    for label, ef in settings:
+        if label == "exact":  # exact search reads every vector: what serving HNSW searches holds is measured before
             out["rss_searched"] = rss_mib()
         gallery.hnsw_ef = ef
         for mode, ranges in modes:
@@ -188,7 +191,7 @@ def search(args) -> dict:
             for i, q in enumerate(plan["queries"]):
                 flt = None if ranges is None else gallery._native_filter(SearchFilter(cell_ranges=[ranges[i]]))
                 t = time.perf_counter()
-                hits = gallery._query(q, K, flt, exact=ef is None)
+                hits = gallery._query(q, K, flt, exact=label == "exact")
                 times.append(time.perf_counter() - t)
                 ids.append([str(h.id) for h in hits])
             out["runs"][f"{mode}/{label}"] = {"ids": ids, "times": times}
