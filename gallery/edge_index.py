@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from geoloc.gallery.base import VECTOR_NAME, GalleryError
-from geoloc.gallery.search_breadth import K, PROBES, Breadth, jittered, measure
+from geoloc.gallery.search_breadth import K, PROBES, Breadth, measure, midpoints
 
 if TYPE_CHECKING:
     from geoloc.gallery.edge import EdgeGallery
@@ -150,14 +150,14 @@ def _optimize(shard_dir: str) -> Breadth | None:
 
 
 def _measure(shard) -> Breadth | None:
-    """The breadth `shard` needs, probed with jittered copies of its first PROBES points (ids are hashes: a
-    sample of no order), each searched exactly and as the gallery searches it."""
+    """The breadth `shard` needs, probed with the midpoints of its first 2 x PROBES points paired (ids are hashes:
+    a sample of no order), each searched exactly and as the gallery searches it."""
     from qdrant_edge import Query, QueryRequest, ScrollRequest
 
     from geoloc.gallery.edge_query import EXACT, search_params
 
-    records, _ = shard.scroll(ScrollRequest(limit=PROBES, with_payload=False, with_vector=True))
-    if not records:
+    records, _ = shard.scroll(ScrollRequest(limit=2 * PROBES, with_payload=False, with_vector=True))
+    if len(records) < 2:
         return None
 
     def search(vector: list[float], ef: int | None) -> list[str]:
@@ -166,7 +166,7 @@ def _measure(shard) -> Breadth | None:
                                params=params)
         return [str(p.id) for p in shard.query(request)]
 
-    return measure(jittered([r.vector[VECTOR_NAME] for r in records]), search)
+    return measure(midpoints([r.vector[VECTOR_NAME] for r in records]), search)
 
 
 if __name__ == "__main__":

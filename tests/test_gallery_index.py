@@ -68,7 +68,7 @@ def test_index_command_builds_every_store_and_keeps_exact_answers(tmp_path, monk
     assert built["points"] == 300 and len(built["stores"]) == 1
     # a store this small is scanned whole: the narrowest breadth measured finds the exact top 10
     search = built["stores"][0]["search"]
-    assert (search["hnsw_ef"], search["recall_at_10"], search["target_met"], search["probes"]) == (64, 1.0, True, 200)
+    assert (search["hnsw_ef"], search["recall_at_10"], search["target_met"], search["probes"]) == (64, 1.0, True, 150)
     with open_gallery(Settings()) as gallery:
         assert gallery.count() == 300 and gallery.hnsw_ef == 64
         assert_exact(gallery, [p.vector for p in points(20, seed=1)])

@@ -152,6 +152,12 @@ def test_a_large_upsert_arrives_whole(owner):
         assert gallery.search(vectors[-1], 1)[0].id == points[-1].id
 
 
+def test_an_index_built_through_the_owner_reports_the_search_breadth_it_measured(gallery):
+    gallery.upsert(POINTS)
+    built = gallery.optimize()  # a store this small is scanned whole: the narrowest breadth finds the exact top 10
+    assert (built["hnsw_ef"], built["recall_at_10"], built["probes"]) == (64, 1.0, len(POINTS) // 2)
+
+
 def test_stores_are_named_by_model_and_opened_as_the_settings_say(owner):
     settings = worker_settings(owner)
     model = f"by-settings-{uuid.uuid4().hex}"

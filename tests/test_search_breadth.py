@@ -12,7 +12,7 @@ import pytest
 import geoloc.gallery.edge as edge
 from geoloc.gallery.base import DEFAULT_HNSW_EF, GalleryPoint, make_payload
 from geoloc.gallery.edge import EdgeGallery
-from geoloc.gallery.search_breadth import LADDER, TARGET, Breadth, jittered, measure
+from geoloc.gallery.search_breadth import LADDER, TARGET, Breadth, measure, midpoints
 from geoloc.settings import GalleryTuning
 
 DIM, MODEL = 1280, "test-model-v1"
@@ -56,12 +56,13 @@ def test_an_empty_store_has_no_breadth_and_a_damaged_record_is_ignored():
     assert Breadth.from_dict(json.loads(json.dumps(whole.to_dict()))) == whole
 
 
-def test_jittered_probes_are_unit_vectors_about_as_far_from_their_originals_as_a_photo_from_its_nearest():
-    originals = np.random.default_rng(3).normal(size=(50, DIM))
-    probes = jittered(originals)
-    assert np.allclose(np.linalg.norm(probes, axis=1), 1.0, atol=1e-5)
-    cosines = np.sum(probes * originals / np.linalg.norm(originals, axis=1, keepdims=True), axis=1)
-    assert 0.65 < cosines.mean() < 0.77 and np.array_equal(probes, jittered(originals))  # seeded
+def test_a_probe_is_the_midpoint_of_two_stored_photos():
+    photos = np.random.default_rng(3).normal(size=(7, DIM))
+    probes = midpoints(photos)  # the odd one out pairs with nothing
+    assert probes.shape == (3, DIM) and np.allclose(np.linalg.norm(probes, axis=1), 1.0, atol=1e-5)
+    unit = photos / np.linalg.norm(photos, axis=1, keepdims=True)
+    assert np.isclose(probes[0] @ unit[0], probes[0] @ unit[3])  # as like the one photo as the other
+    assert midpoints(np.stack([unit[0], -unit[0]])).shape == (0, DIM)  # opposites have no midpoint
 
 
 @pytest.fixture
