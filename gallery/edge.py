@@ -76,7 +76,7 @@ def _on_disk(method: Callable) -> Callable:
 
 
 class EdgeGallery(QdrantGallery):
-    """The gallery at `path`: `path/shard` (the Edge shard) and `path/gallery.json` (its dimension).
+    """The gallery at `path`: `path/shard` (the Edge shard) and `path/gallery.json` (gallery.edge_meta).
 
     `dim=None` opens an existing gallery whatever its dimension (listing, deleting); creating one needs it.
     Only one process may hold the gallery open at a time: Edge locks its write-ahead log.
@@ -157,8 +157,11 @@ class EdgeGallery(QdrantGallery):
     def hnsw_ef(self, ef: int | None) -> None:
         self._tuned_ef = ef
 
-    def _search_params(self, exact: bool):
-        return search_params(exact, self.hnsw_ef)
+    def _search_params(self, exact: bool, filtered: bool = False):
+        """A cell too large to scan whole goes to the graph: the breadth, measured unfiltered, is never fewer there
+        than the default it searched with before (unless GEOLOC_HNSW_EF says so)."""
+        ef = self.hnsw_ef if self._tuned_ef or not filtered else max(self.hnsw_ef, DEFAULT_HNSW_EF)
+        return search_params(exact, ef)
 
     def _read_or_write_dim(self, dim: int | None, create: bool) -> int:
         data = read_meta(self.path)
@@ -228,7 +231,7 @@ class EdgeGallery(QdrantGallery):
     @_on_disk
     def _query(self, vector: list[float], k: int, flt: Filter | None, exact: bool) -> list:
         return self._shard.query(QueryRequest(limit=k, query=Query.Nearest(vector, using=VECTOR_NAME), filter=flt,
-                                              with_payload=True, params=self._search_params(exact)))
+                                              with_payload=True, params=self._search_params(exact, flt is not None)))
 
     @_on_disk
     def _count(self, flt: Filter | None) -> int:
@@ -293,9 +296,21 @@ class EdgeGallery(QdrantGallery):
                 self._shard.update(operation)
             self._shard.flush()
             os.replace(old, self.path / TRASH_DIR)
-            write_meta(self.path, {**(read_meta(self.path) or {}), "search": breadth and breadth.to_dict()})
-            self.breadth = breadth
+            if breadth is not None:  # not measured: the last breadth measured is the better guess
+                self._record_breadth(breadth)
         shutil.rmtree(self.path / TRASH_DIR, ignore_errors=True)
+
+    def _record_breadth(self, breadth: Breadth) -> None:
+        """Serve with `breadth` and keep it in gallery.json. The new index already serves: a description that
+        cannot be written costs only the breadth after a restart (the last one recorded), never the build."""
+        self.breadth = breadth
+        try:
+            meta = read_meta(self.path)
+            if meta is not None:  # a missing one is reported when the gallery is next opened
+                write_meta(self.path, {**meta, "search": breadth.to_dict()})
+        except (OSError, GalleryUnavailable) as exc:
+            log.warning("the gallery at %s serves with %d candidates but could not record it: %s", self.path,
+                        breadth.hnsw_ef, exc)
 
     def close(self) -> None:
         """Flush and release the shard (and its lock); a later open finds every upsert. With the gallery

@@ -115,9 +115,11 @@ class IndexBuilder:
             raise GalleryError(f"the index build was stopped: the gallery at {self.gallery.path} is closing")
         if self._child.returncode != 0:
             raise GalleryError(f"building the gallery index failed: {err.strip()[-500:] or self._child.returncode}")
-        try:
-            return Breadth.from_dict(json.loads(out))
-        except ValueError:
+        try:  # the last line: anything a library printed before it is not the measurement
+            return Breadth.from_dict(json.loads(out.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            log.warning("the index of %s was built, but its search breadth was not measured: %s", self.gallery.path,
+                        err.strip()[-300:] or "no measurement printed")
             return None
 
     def stop(self) -> None:
@@ -142,7 +144,7 @@ def _optimize(shard_dir: str) -> Breadth | None:
         shard.flush()
         try:
             return _measure(shard)
-        except Exception as exc:  # the index stands; its searches keep the default breadth
+        except Exception as exc:  # the index stands; its searches keep the breadth last measured
             log.warning("measuring the search breadth of %s failed: %s", shard_dir, exc)
             return None
     finally:

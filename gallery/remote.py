@@ -167,7 +167,7 @@ class OwnedGalleryClient(Gallery):
         return self._call("embedding_model", {})[0]["embedding_model"]
 
     def optimize(self) -> dict:
-        return self._call("optimize", {}, wait_for_ever=True)[0]["search"]
+        return self._call("optimize", {}, wait_for_ever=True)[0].get("search", {})
 
     def close(self) -> None:
         self._link.close()

@@ -4,7 +4,8 @@ API's index job (POST /v1/maintenance/index) through the job runner.
 The embedded gallery also builds it on its own after GEOLOC_INDEX_AFTER_UPSERTS upserts, and either way
 searches go on while it is built (gallery.edge_index). A Qdrant server indexes in the background by itself:
 there a build has nothing to do and returns at once. An embedded store's build also measures how many candidates
-its searches must keep to find 0.99 of the exact top 10 (gallery.search_breadth), and its searches keep that many.
+its searches must keep to find 0.99 of the exact top 10 (gallery.search_breadth), and its searches keep that many
+unless GEOLOC_HNSW_EF says otherwise.
 """
 
 from __future__ import annotations

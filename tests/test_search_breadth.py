@@ -1,5 +1,6 @@
 """Each index build measures how many candidates the store's searches must keep to find 0.99 of the exact top 10,
-on jittered copies of its own photos, and its searches keep that many unless GEOLOC_HNSW_EF says otherwise."""
+with midpoints of its own photos as queries, and its searches keep that many unless GEOLOC_HNSW_EF says
+otherwise."""
 
 from __future__ import annotations
 
@@ -101,3 +102,21 @@ def test_a_damaged_breadth_record_falls_back_to_the_default(tmp_path):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "search": {"hnsw_ef": -3}}))
     with EdgeGallery(tmp_path / "g") as gallery:
         assert gallery.breadth is None and gallery.hnsw_ef == DEFAULT_HNSW_EF
+
+
+def test_a_build_that_measured_nothing_keeps_the_breadth_measured_before_and_cells_never_search_narrower(tmp_path):
+    gallery = EdgeGallery(tmp_path / "g", 8, tuning=GalleryTuning(index_after_upserts=0))
+    vectors = np.random.default_rng(1).normal(size=(40, 8)).astype(np.float32)
+    gallery.upsert([GalleryPoint(str(uuid.uuid4()), v, make_payload("c", 45.0, 6.0, f"p{i}.jpg", MODEL, "0" * 64))
+                    for i, v in enumerate(vectors)])
+    measured = gallery.optimize()["hnsw_ef"]
+    assert measured == 64 < DEFAULT_HNSW_EF
+    # measured unfiltered: a cell the graph searches keeps at least the default, unless the user set a breadth
+    assert gallery._search_params(exact=False, filtered=True).hnsw_ef == DEFAULT_HNSW_EF
+    copy = tmp_path / "g" / "copy"
+    gallery._copy_shard(copy)
+    gallery._swap_in(copy, None)  # built, but its measurement failed
+    assert gallery.hnsw_ef == measured
+    gallery.close()
+    with EdgeGallery(tmp_path / "g", tuning=GalleryTuning(hnsw_ef=48)) as told:
+        assert told.breadth.hnsw_ef == measured and told._search_params(exact=False, filtered=True).hnsw_ef == 48

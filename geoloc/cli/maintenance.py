@@ -34,12 +34,15 @@ def cmd_index(args) -> int:
     from geoloc.maintenance_index import build_indexes
     from geoloc.runtime import Runtime
 
-    with Runtime(settings_from(args)) as runtime:
+    settings = settings_from(args)
+    with Runtime(settings) as runtime:
         built = build_indexes(runtime.every_store())
     seconds = sum(store["seconds"] for store in built["stores"])
     breadths = [f"{s['search']['hnsw_ef']} candidates per search find {s['search']['recall_at_10']:.3f} of the exact "
                 f"top 10" + ("" if s["search"]["target_met"] else " (short of 0.99: see README 'The gallery at scale')")
                 for s in built["stores"] if "search" in s]
+    if breadths and settings.hnsw_ef:
+        breadths.append(f"searches keep GEOLOC_HNSW_EF={settings.hnsw_ef} candidates, as set")
     result(args, built, "; ".join([f"indexed {built['points']} photos in {len(built['stores'])} store(s) in "
                                    f"{seconds:.1f} s", *breadths]))
     return 0
