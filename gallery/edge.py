@@ -277,7 +277,7 @@ class EdgeGallery(QdrantGallery):
 
     def _swap_in(self, built: Path, breadth: Breadth | None) -> None:
         """Serve from the shard in `built` (a copy of this one, indexed), with the writes made since the copy, at
-        the search breadth measured on it (None: not measured, the default)."""
+        the search breadth measured on it (None: not measured, the last one measured stays)."""
         live, old = self.path / SHARD_DIR, self.path / OLD_SHARD_DIR
         with self._writing, self._using, disk_faults(self.path):
             journal, self._journal = self._journal or [], None

@@ -116,11 +116,13 @@ class IndexBuilder:
         if self._child.returncode != 0:
             raise GalleryError(f"building the gallery index failed: {err.strip()[-500:] or self._child.returncode}")
         try:  # the last line: anything a library printed before it is not the measurement
-            return Breadth.from_dict(json.loads(out.strip().splitlines()[-1]))
+            breadth = Breadth.from_dict(json.loads(out.strip().splitlines()[-1]))
         except (ValueError, IndexError):
+            breadth = None
+        if breadth is None and err.strip():  # an empty store has none to measure, and says nothing
             log.warning("the index of %s was built, but its search breadth was not measured: %s", self.gallery.path,
-                        err.strip()[-300:] or "no measurement printed")
-            return None
+                        err.strip()[-300:])
+        return breadth
 
     def stop(self) -> None:
         """End a running build (its copy is discarded; the index serving stays) and wait for it, whichever
