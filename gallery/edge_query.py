@@ -56,4 +56,3 @@ def search_params(exact: bool, hnsw_ef: int) -> SearchParams:
     """Quantized vectors, where the shard has them, only pick candidates: the originals rank them."""
     return SearchParams(exact=exact, hnsw_ef=hnsw_ef,
                         quantization=QuantizationSearchParams(rescore=True, oversampling=2.0))
-

@@ -26,7 +26,7 @@ ALL_COLLECTIONS = "*"  # an index job concerns every collection; no collection m
 
 def build_indexes(stores: Iterable[Gallery]) -> dict:
     """Build each store's index in turn; how many points each held, how long its build took and, where measured,
-    the search breadth it chose (`search`: hnsw_ef, recall_at_10, target_met, probes, recall_by_ef)."""
+    the search breadth it chose (`search`: gallery.search_breadth.Breadth as a dict)."""
     built = []
     for gallery in stores:
         started = time.perf_counter()
