@@ -291,6 +291,9 @@ class RedisJobStore:
             self.redis.srem(self.OPEN, job_id)
         return recorded
 
+    def finished_batches(self, job_id: str) -> set[int]:
+        return {int(batch) for batch in self.redis.hkeys(self._keys(job_id)[1])}
+
     def cancel(self, job_id, reason) -> bool:
         job = self.get(job_id)
         if job is None or job["finished"]:
@@ -311,7 +314,6 @@ class RedisJobStore:
             else:
                 jobs.append({**job, "originals": json.loads(record.get("originals") or "[]")})
         return jobs
-
 
     def owned(self, owner, limit, offset) -> tuple[list[dict], int]:
         owned = self.OWNED.format(owner)

@@ -203,7 +203,7 @@ class Runtime:
         if self.settings.broker_url:
             from geoloc.task_queue import CeleryRunner, make_celery
 
-            return CeleryRunner(make_celery(self.settings))
+            return CeleryRunner(make_celery(self.settings), self.job_store(), self.settings.task_time_limit)
         # no broker: the job store is this host's files, and batches queued by an earlier run died with it
         interrupted = self.job_store().interrupt_unfinished(
             "the server stopped before this batch ran: submit the photos again (those already indexed are not "

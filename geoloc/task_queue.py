@@ -8,17 +8,25 @@ Timing, from one setting (GEOLOC_TASK_TIME_LIMIT, the longest a task may run):
 * hard limit = limit: the pool process is killed;
 * broker visibility timeout = limit + margin: a task unacknowledged for that long (its worker died) is
   delivered again. It must stay above the longest task, or a slow task would run twice at once, and
-  retry delays must stay below it (Redis holds a delayed retry as an unacknowledged message).
+  retry delays must stay below it (Redis holds a delayed retry as an unacknowledged message);
+* a batch the broker has not handed back that long after (plus the restore interval and the margin) is
+  lost, and the runner sends it again (geoloc.deliveries).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import TYPE_CHECKING
 
+from geoloc.deliveries import DeliveryLog, send_lost_again
+from geoloc.job_store import RedisJobStore
 from geoloc.settings import Settings
 
 if TYPE_CHECKING:
     from celery import Celery
+
+log = logging.getLogger(__name__)
 
 QUEUE = "geoloc"
 TASKS_MODULE = "geoloc.workers.tasks"
@@ -26,6 +34,17 @@ TASKS_MODULE = "geoloc.workers.tasks"
 
 def margin_s(limit_s: int) -> int:
     return max(5, limit_s // 10)
+
+
+def restore_interval_s(limit_s: int) -> int:
+    """How often a worker looks for abandoned tasks to hand back."""
+    return max(1, min(10, margin_s(limit_s)))
+
+
+def lost_after_s(limit_s: int) -> int:
+    """How long after its worker began it (or overtook it) a batch without an outcome counts as lost: the
+    visibility timeout, one restore interval, and a margin."""
+    return limit_s + 2 * margin_s(limit_s) + restore_interval_s(limit_s)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -51,7 +70,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={
             "visibility_timeout": limit + margin,
             # look for abandoned messages often enough that one comes back soon after its timeout
-            "unacked_restore_interval": max(1, min(10, margin)),
+            "unacked_restore_interval": restore_interval_s(limit),
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
@@ -62,13 +81,33 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class CeleryRunner:
-    """Hands task batches to the workers through the broker."""
+    """Hands task batches to the workers through the broker, and sends again those it lost: every
+    `check_s` seconds, one runner among the API's replicas looks (geoloc.deliveries)."""
 
-    def __init__(self, app: Celery):
-        self.app = app
+    CHECK_LOCK = "geoloc:jobs:lost-check"
+
+    def __init__(self, app: Celery, store: RedisJobStore, limit_s: int):
+        self.app, self.store = app, store
+        self.deliveries = DeliveryLog(store.redis)
+        self.lost_after_s = lost_after_s(limit_s)
+        self.check_s = max(1, min(30, self.lost_after_s // 4))
+        self._closing = threading.Event()
+        self._checker = threading.Thread(target=self._check_until_closed, name="geoloc-lost-batches", daemon=True)
+        self._checker.start()
 
     def submit(self, task: str, kwargs: dict) -> None:
+        self.deliveries.sent(task, kwargs)  # first: a worker may begin it before send_task returns
         self.app.send_task(task, kwargs=kwargs, queue=QUEUE)
 
+    def _check_until_closed(self) -> None:
+        while not self._closing.wait(self.check_s):
+            try:
+                if self.store.redis.set(self.CHECK_LOCK, 1, nx=True, ex=self.check_s):
+                    send_lost_again(self.deliveries, self.store, self.submit, self.lost_after_s)
+            except Exception as exc:  # noqa: BLE001 - a broker down now is looked at again next time
+                log.warning("could not look for lost batches: %s", exc)
+
     def close(self) -> None:
-        """Nothing runs here: queued batches stay with the broker for the workers."""
+        """Queued batches stay with the broker for the workers; only the looking for lost ones stops."""
+        self._closing.set()
+        self._checker.join()

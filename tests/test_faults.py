@@ -276,10 +276,11 @@ class _CeleryTask:
         raise _Retry(countdown)
 
 
-def test_a_worker_retries_a_broken_gallery_with_backoff_then_fails_the_batch(home, rows, embedder, monkeypatch):
+def test_a_worker_retries_a_broken_gallery_with_backoff_then_fails_the_batch(home, rows, embedder, monkeypatch,
+                                                                             redis_url):
     from geoloc.workers import tasks
 
-    settings = settings_for(home, shared=True, task_retry_delay=0.25)
+    settings = settings_for(home, shared=True, task_retry_delay=0.25, broker_url=redis_url)
     runtime = Runtime(settings, embedder)
     monkeypatch.setattr(tasks, "runtime", lambda: runtime)
     store = runtime.job_store()

@@ -3,8 +3,8 @@ spoken to over HTTP, on one embedded gallery that the API holds open and lends t
 socket in the data home (gallery/lending.py, gallery/remote.py, GEOLOC_GALLERY_VIA_API).
 
 Real photos go in through the API, workers embed them, and the answers come back over HTTP; a worker
-killed with SIGKILL in the middle of a job loses nothing and duplicates nothing; no worker ever opens
-the gallery's files.
+killed with SIGKILL in the middle of a job loses nothing and duplicates nothing, even a batch the broker
+dropped; no worker ever opens the gallery's files.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import subprocess
 
 import httpx
 import pytest
+import redis
 
 from geoloc.gallery.base import SearchFilter
 from geoloc.gallery.open import OWNER_SOCKET
 from geoloc.gallery.remote import OwnedGalleryClient
 from geoloc.ingest.records import point_id, sha256_hex
+from geoloc.task_queue import QUEUE
 from tests.services import (DATA, INTERNAL_TOKEN, REPO, beside, free_port, geoloc, manifest_rows, service_env,
                             sessions_files, start_api, start_worker, wait_until)
 
@@ -146,6 +148,13 @@ def test_job_survives_a_killed_worker(stack, photos):
     stack["workers"][-1].kill()
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["batches_done"] < job["batches"], "the job finished before the worker could be killed"
+    # and one more batch dropped as a worker killed between taking it and recording it as unacknowledged
+    # does: the broker never hands it back, the API finds it lost and sends it again (geoloc.deliveries)
+    broker = redis.Redis.from_url(stack["env"]["GEOLOC_BROKER_URL"])
+    try:
+        assert broker.rpop(QUEUE) is not None, "no batch left queued to drop"
+    finally:
+        broker.close()
 
     stack["workers"].append(start_worker(stack["env"], stack["logs"], name="worker-2"))
     job = follow(stack, job_id)

@@ -176,13 +176,14 @@ def _task(retries):
     return SimpleNamespace(request=SimpleNamespace(retries=retries), retry=retry)
 
 
-def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch, embedder):
+def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch, embedder,
+                                                                               redis_url):
     """A worker's runtime pointed at a Qdrant server that is not there: the real open fails, the task retries
     with backoff, and after the last retry the batch fails with the reason."""
     from geoloc.runtime import Runtime
     from geoloc.workers import tasks
 
-    settings = Settings(home=tmp_path, qdrant_url="http://127.0.0.1:9", qdrant_timeout=1)
+    settings = Settings(home=tmp_path, qdrant_url="http://127.0.0.1:9", qdrant_timeout=1, broker_url=redis_url)
     runtime = Runtime(settings, embedder)
     store = runtime.job_store()
     job_id = store.create("upload", "news", 2, 1, "k1")
