@@ -43,6 +43,7 @@ class Outcome:
     reasons: dict = field(default_factory=dict)  # reason -> photos skipped or failed for it
     items: list = field(default_factory=list)  # {"source", "reason"} of skipped or failed photos
     error: str | None = None
+    report: dict | None = None  # what an index build found (maintenance_index.build_indexes)
     at: str = field(default_factory=_now)
 
     def skip(self, source: str, reason: str) -> None:
@@ -66,8 +67,10 @@ def summarise(meta: dict, started: str | None, outcomes: dict[str, dict], cancel
     reasons: Counter = Counter()
     items: list = []
     errors = []
+    report = None
     for key in sorted(outcomes, key=int):
         outcome = outcomes[key]
+        report = outcome.get("report") or report
         totals.update({k: outcome[k] for k in ("done", "skipped", "failed", "removed")})
         reasons.update(outcome["reasons"])
         items.extend(outcome["items"][: MAX_LISTED_ITEMS - len(items)])
@@ -86,7 +89,7 @@ def summarise(meta: dict, started: str | None, outcomes: dict[str, dict], cancel
     return {**meta, "state": state, "started": started, "finished": ended,
             "done": totals["done"], "skipped": totals["skipped"], "failed": totals["failed"],
             "removed": totals["removed"], "reasons": dict(reasons), "items": items,
-            "error": errors[0] if errors else None, "batches_done": batches_done}
+            "error": errors[0] if errors else None, "batches_done": batches_done, "report": report}
 
 
 class JobStore(Protocol):

@@ -37,7 +37,8 @@ def build_indexes(stores: Iterable[Gallery]) -> dict:
 
 
 def index_gallery(ctx: JobContext, job_id: str, batch: int, collection: str) -> None:
-    """The index job's one batch: build the index of every store; `done` counts their points."""
+    """The index job's one batch: build the index of every store; `done` counts their points, and the job's
+    report says what each store's build found."""
     ctx.jobs.mark_started(job_id)
     report = build_indexes(ctx.every_store())
-    ctx.jobs.finish(job_id, batch, Outcome(done=report["points"]))
+    ctx.jobs.finish(job_id, batch, Outcome(done=report["points"], report=report))

@@ -289,6 +289,9 @@ class Job(BaseModel):
     batches: int
     batches_done: int
     owner: str = Field(description="Id of the key that started the job")
+    report: dict | None = Field(
+        None, description="An index job's findings: per store, its points, the build's seconds and, where "
+                          "measured, the search breadth chosen (hnsw_ef) with the recall@10 it reached")
 
 
 class JobPage(Page):

@@ -94,6 +94,8 @@ def test_api_index_job_for_admins_only(tmp_path, embedder):
             assert accepted.headers["Location"] == f"/v1/jobs/{job['id']}"
             done = wait_for_job(client, headers, job["id"])
             assert (done["state"], done["done"]) == ("succeeded", 200)
+            [store] = done["report"]["stores"]  # what the build measured, for the admin who asked for it
+            assert store["points"] == 200 and store["search"]["recall_at_10"] == 1.0
             assert_exact(services.gallery(), [p.vector for p in points(10, embedder.dim, seed=1)])
     finally:
         services.close()
