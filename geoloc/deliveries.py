@@ -1,19 +1,18 @@
-"""Job batches the broker lost, found from when each was sent and begun, and sent again (see CeleryRunner).
+"""Job batches the broker lost, found from the broker's own state, and sent again (see CeleryRunner).
 
 Celery on Redis can lose a task to a worker killed at the wrong moment (kombu's Redis transport):
 * killed between taking the task from the queue and recording it as unacknowledged, about a millisecond of
   each task: nothing ever delivers it again;
-* killed while holding the transport's restore lock: no worker hands back abandoned tasks until the lock
-  expires, five minutes later;
-* a task stopped by its hard time limit ends without an outcome.
-So each batch sent is recorded here, and workers record when they begin one and when they were last busy. A
-batch without an outcome is lost once `stall_s` has passed (the broker's own time to hand back an abandoned
-task, and a margin) since
-* a worker began it, or, when no worker began it since it was sent,
-* a batch sent after it began (the queue is first in, first out: this one was taken before), or
-* the workers were last busy, if that was after it was sent (with no worker at all, it is still queued).
-A lost batch is sent again (its outcome counts once and its writes are idempotent) up to MAX_SENDS times in
-all, then counted as failed with the reason, so its job still ends.
+* a task stopped by its hard time limit is acknowledged without an outcome.
+So each send of a batch gets a number from one counter, which is also its task id's tail, and workers record the
+highest number they began, per batch and overall (the front). A batch without an outcome whose task no worker
+holds (kombu's `unacked` hash: tasks running, reserved or waiting to retry) is lost when, on two checks in a
+row (a task in passage between queue and worker is missing from both for a moment):
+* the queue is empty, or
+* it was not begun since its last send, and the front had passed that send `stall_s` ago: the queue is first in,
+  first out, so it was taken, and a task handed back after a dead worker is begun again well within that.
+A lost batch is sent again (its outcome counts once, its writes are idempotent, and a copy that finds the
+outcome recorded does nothing) up to MAX_SENDS times in all, then counted as failed with the reason.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,100 +31,142 @@ log = logging.getLogger(__name__)
 
 MAX_SENDS = 3
 LOST_REASON = "lost_by_broker"
+FRONT = "geoloc:jobs:front"  # a sorted set of one member: the highest send number a worker began
+SENDS = "geoloc:jobs:sends"  # the counter that numbers sends
+
+
+def task_id(job_id: str, batch: int, send: int) -> str:
+    return f"{job_id}:{batch}:{send}"
+
+
+def send_number(task_id_: str | None) -> int | None:
+    """The send number at the tail of a task id made by task_id(); None for any other id."""
+    tail = (task_id_ or "").rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 @dataclass(frozen=True)
 class Delivery:
     job_id: str
     batch: int
-    sent_at: float  # when it was last sent
+    send: int  # the number of its last send
     sends: int
-    begun_at: float | None  # when a worker last began it
+    begun: int | None  # the highest send number of it a worker began
     finished: bool
 
     @property
-    def begun(self) -> bool:
-        return self.begun_at is not None and self.begun_at >= self.sent_at
+    def task_id(self) -> str:
+        return task_id(self.job_id, self.batch, self.send)
+
+    @property
+    def begun_since_sent(self) -> bool:
+        return self.begun is not None and self.begun >= self.send
 
 
-def lost(deliveries: list[Delivery], busy_at: float | None, now: float, stall_s: float) -> list[Delivery]:
-    """The unfinished deliveries that, by the rules above, no worker holds and the queue no longer does."""
-    cutoff = now - stall_s
-    began_long_ago = [d.sent_at for d in deliveries if d.begun and d.begun_at < cutoff]
-    overtaken_before = max(began_long_ago, default=float("-inf"))  # sent_at of the latest such batch
+def missing(deliveries: list[Delivery], held: set[str], queue_empty: bool, front_then: int | None) -> list[Delivery]:
+    """The unfinished deliveries no worker holds and the queue cannot hold either (`front_then`: the front as it
+    was `stall_s` ago); lost if also missing at the previous check."""
+    def is_missing(d: Delivery) -> bool:
+        if d.finished or d.task_id in held:
+            return False
+        return queue_empty or (not d.begun_since_sent and front_then is not None and d.send < front_then)
 
-    def is_lost(d: Delivery) -> bool:
-        if d.begun:
-            return d.begun_at < cutoff
-        idle = busy_at is not None and d.sent_at < busy_at < cutoff
-        return d.sent_at < cutoff and (d.sent_at < overtaken_before or idle)
-
-    return [d for d in deliveries if not d.finished and is_lost(d)]
+    return [d for d in deliveries if is_missing(d)]
 
 
 class DeliveryLog:
-    """When each batch was sent (with what, to send it again) and last begun, in the broker's Redis."""
+    """Each batch's sends (with what was sent, to send it again) and begun sends, in the broker's Redis."""
 
-    BUSY = "geoloc:jobs:busy"  # when a worker last began or ended a batch
-
-    def __init__(self, client, clock: Callable[[], float] = time.time):
-        self.redis, self.clock = client, clock
+    def __init__(self, client):
+        self.redis = client
 
     @staticmethod
     def _key(job_id: str, field: str) -> str:
         return f"geoloc:job:{job_id}:{field}"
 
-    def sent(self, task: str, kwargs: dict) -> None:
+    def sent(self, task: str, kwargs: dict) -> str:
+        """Record a send of this batch; the task id to send it with."""
         job_id, batch = kwargs["job_id"], str(kwargs["batch"])
-        keys = [self._key(job_id, field) for field in ("message", "sent_at", "sends")]
+        number = self.redis.incr(SENDS)
+        keys = [self._key(job_id, field) for field in ("message", "send", "sends")]
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(keys[0], batch, json.dumps({"task": task, "kwargs": kwargs}))
-            pipe.hset(keys[1], batch, self.clock()).hincrby(keys[2], batch, 1)
+            pipe.hset(keys[1], batch, number).hincrby(keys[2], batch, 1)
             for key in keys:
                 pipe.expire(key, JOB_TTL_S)
             pipe.execute()
+        return task_id(job_id, int(batch), number)
 
-    def begun(self, job_id: str, batch: int) -> None:
-        key = self._key(job_id, "begun_at")
+    def begun(self, job_id: str, batch: int, task_id_: str | None) -> None:
+        number = send_number(task_id_)
+        if number is None:  # not sent by a CeleryRunner
+            return
+        key = self._key(job_id, "begun")
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, str(batch), self.clock()).expire(key, JOB_TTL_S).set(self.BUSY, self.clock()).execute()
+            pipe.zadd(key, {str(batch): number}, gt=True).expire(key, JOB_TTL_S)
+            pipe.zadd(FRONT, {"front": number}, gt=True).execute()
 
-    def busy(self) -> None:
-        self.redis.set(self.BUSY, self.clock())
-
-    def busy_at(self) -> float | None:
-        value = self.redis.get(self.BUSY)
-        return float(value) if value is not None else None
+    def front(self) -> int | None:
+        score = self.redis.zscore(FRONT, "front")
+        return int(score) if score is not None else None
 
     def deliveries(self, job_id: str, finished: set[int]) -> list[Delivery]:
         with self.redis.pipeline() as pipe:
-            for field in ("sent_at", "sends", "begun_at"):
-                pipe.hgetall(self._key(job_id, field))
-            sent_at, sends, begun_at = pipe.execute()
-        return [Delivery(job_id, int(batch), float(at), int(sends.get(batch, 1)),
-                         float(begun_at[batch]) if batch in begun_at else None, int(batch) in finished)
-                for batch, at in sent_at.items()]
+            pipe.hgetall(self._key(job_id, "send")).hgetall(self._key(job_id, "sends"))
+            pipe.zrange(self._key(job_id, "begun"), 0, -1, withscores=True)
+            send, sends, begun = pipe.execute()
+        begun = {batch: int(score) for batch, score in begun}
+        return [Delivery(job_id, int(batch), int(number), int(sends.get(batch, 1)), begun.get(batch),
+                         int(batch) in finished) for batch, number in send.items()]
 
     def message(self, job_id: str, batch: int) -> tuple[str, dict]:
         message = json.loads(self.redis.hget(self._key(job_id, "message"), str(batch)))
         return message["task"], message["kwargs"]
 
 
-def send_lost_again(deliveries: DeliveryLog, store: RedisJobStore, send: Callable[[str, dict], None],
-                    stall_s: float) -> int:
-    """Send again every lost batch of the open jobs (or fail it after MAX_SENDS); how many were lost."""
-    found = [d for job in store.unfinished()
-             for d in deliveries.deliveries(job["id"], store.finished_batches(job["id"]))]
-    gone = lost(found, deliveries.busy_at(), deliveries.clock(), stall_s)
-    for delivery in gone:
-        task, kwargs = deliveries.message(delivery.job_id, delivery.batch)
+class LostBatches:
+    """Finds and sends again the lost batches of the open jobs, one check at a time (`check`)."""
+
+    def __init__(self, store: RedisJobStore, broker: Callable[[], tuple[set[str], int]],
+                 send: Callable[[str, dict], None], stall_s: float, clock: Callable[[], float] = time.monotonic):
+        self.store, self.broker, self.send, self.stall_s, self.clock = store, broker, send, stall_s, clock
+        self.deliveries = DeliveryLog(store.redis)
+        self._fronts: deque[tuple[float, int | None]] = deque()  # (when, front) at each check
+        self._suspects: set[str] = set()
+
+    def _front_then(self, now: float) -> int | None:
+        """The front at the latest check made at least stall_s ago (None if none was)."""
+        self._fronts.append((now, self.deliveries.front()))
+        while len(self._fronts) > 1 and self._fronts[1][0] <= now - self.stall_s:
+            self._fronts.popleft()
+        when, front = self._fronts[0]
+        return front if when <= now - self.stall_s else None
+
+    def check(self) -> list[Delivery]:
+        """One check: send again (or fail) what was missing now and at the previous check; what that was."""
+        now = self.clock()
+        front_then = self._front_then(now)
+        found = [d for job in self.store.unfinished()
+                 for d in self.deliveries.deliveries(job["id"], self.store.finished_batches(job["id"]))]
+        held, queued = self.broker()  # after the deliveries: a batch finished meanwhile is gone from both
+        now_missing = missing(found, held, queued == 0, front_then)
+        lost = [d for d in now_missing if d.task_id in self._suspects]
+        self._suspects = {d.task_id for d in now_missing}
+        for delivery in lost:
+            try:
+                self._again(delivery)
+            except Exception:  # noqa: BLE001 - one bad record must not keep the others from being sent
+                log.exception("could not send batch %d of job %s again", delivery.batch, delivery.job_id)
+        return lost
+
+    def _again(self, delivery: Delivery) -> None:
+        task, kwargs = self.deliveries.message(delivery.job_id, delivery.batch)
         if delivery.sends >= MAX_SENDS:
             log.error("batch %d of job %s lost %d times: counted as failed", delivery.batch, delivery.job_id,
                       delivery.sends)
-            give_up(store, kwargs, LOST_REASON, f"the workers lost this batch {delivery.sends} times (a worker "
-                                                f"killed, or a task past its time limit)")
+            give_up(self.store, kwargs, LOST_REASON, f"the workers lost this batch {delivery.sends} times (a "
+                                                     f"worker killed, or a task past its time limit)")
         else:
             log.warning("batch %d of job %s was lost by the broker: sending it again", delivery.batch,
                         delivery.job_id)
-            send(task, kwargs)
-    return len(gone)
+            self.send(task, kwargs)

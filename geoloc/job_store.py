@@ -101,6 +101,8 @@ class JobStore(Protocol):
 
     def mark_started(self, job_id: str) -> None: ...
 
+    def finished_batches(self, job_id: str) -> set[int]: ...
+
     def finish(self, job_id: str, batch: int, outcome: Outcome) -> bool:
         """Record a batch's outcome unless one is recorded already; True if this call recorded it."""
 
@@ -205,6 +207,9 @@ class FileJobStore:
         record = self._load(job_id)
         return bool(record and record.get("cancelled"))
 
+    def finished_batches(self, job_id) -> set[int]:
+        return {int(batch) for batch in (self._load(job_id) or {"outcomes": {}})["outcomes"]}
+
     def unfinished(self) -> list[dict]:
         jobs = []
         for marker in self._open.iterdir():
@@ -294,7 +299,7 @@ class RedisJobStore:
             self.redis.srem(self.OPEN, job_id)
         return recorded
 
-    def finished_batches(self, job_id: str) -> set[int]:
+    def finished_batches(self, job_id):
         return {int(batch) for batch in self.redis.hkeys(self._keys(job_id)[1])}
 
     def cancel(self, job_id, reason) -> bool:

@@ -227,11 +227,11 @@ def give_up(store: JobStore, kwargs: dict, reason: str, message: str) -> None:
 
 
 def execute(task: Callable[..., None], context: Callable[[], JobContext], store: JobStore, kwargs: dict) -> None:
-    """Run one batch unless its job was cancelled (recorded so without asking for a context: a cancelled
-    batch needs no gallery). Errors propagate, for the caller to retry or give up."""
+    """Run one batch unless its job was cancelled (recorded so without asking for a context: a cancelled batch
+    needs no gallery) or a copy of it ran (geoloc.deliveries). Errors propagate, for the caller to retry or give up."""
     if store.is_cancelled(kwargs["job_id"]):
         store.finish(kwargs["job_id"], kwargs["batch"], cancelled_outcome(_size(kwargs)))
-    else:
+    elif kwargs["batch"] not in store.finished_batches(kwargs["job_id"]):
         task(context(), **kwargs)
 
 

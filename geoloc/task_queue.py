@@ -9,17 +9,18 @@ Timing, from one setting (GEOLOC_TASK_TIME_LIMIT, the longest a task may run):
 * broker visibility timeout = limit + margin: a task unacknowledged for that long (its worker died) is
   delivered again. It must stay above the longest task, or a slow task would run twice at once, and
   retry delays must stay below it (Redis holds a delayed retry as an unacknowledged message);
-* a batch the broker has not handed back that long after (plus the restore interval and the margin) is
-  lost, and the runner sends it again (geoloc.deliveries).
+* a batch passed over in the queue that long ago (plus the restore interval and the margin) that no worker
+  holds is lost, and the runner sends it again (geoloc.deliveries).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import TYPE_CHECKING
 
-from geoloc.deliveries import DeliveryLog, send_lost_again
+from geoloc.deliveries import LostBatches
 from geoloc.job_store import RedisJobStore
 from geoloc.settings import Settings
 
@@ -42,9 +43,23 @@ def restore_interval_s(limit_s: int) -> int:
 
 
 def lost_after_s(limit_s: int) -> int:
-    """How long after its worker began it (or overtook it) a batch without an outcome counts as lost: the
-    visibility timeout, one restore interval, and a margin."""
+    """How long after the queue passed a batch no worker holds it counts as lost: the visibility timeout, one
+    restore interval and a margin (a task handed back after a dead worker is begun again within that)."""
     return limit_s + 2 * margin_s(limit_s) + restore_interval_s(limit_s)
+
+
+def broker_state(client) -> tuple[set[str], int]:
+    """The ids of the tasks workers hold (running, reserved or waiting to retry: kombu's Redis transport keeps
+    them in its unacknowledged hash) and how many tasks wait in the queue, read at one instant."""
+    from kombu.transport.redis import Channel
+
+    queues = [QUEUE] + [f"{QUEUE}{Channel.sep}{step}" for step in Channel.priority_steps if step]
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hvals(Channel.unacked_key)
+        for queue in queues:
+            pipe.llen(queue)
+        held, *sizes = pipe.execute()
+    return {json.loads(message)[0]["headers"]["id"] for message in held}, sum(sizes)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -87,27 +102,27 @@ class CeleryRunner:
     CHECK_LOCK = "geoloc:jobs:lost-check"
 
     def __init__(self, app: Celery, store: RedisJobStore, limit_s: int):
-        self.app, self.store = app, store
-        self.deliveries = DeliveryLog(store.redis)
-        self.lost_after_s = lost_after_s(limit_s)
-        self.check_s = max(1, min(30, self.lost_after_s // 4))
+        self.app, self.redis = app, store.redis
+        self.lost = LostBatches(store, lambda: broker_state(store.redis), self.submit, lost_after_s(limit_s))
+        self.check_s = max(1, min(30, lost_after_s(limit_s) // 4))
         self._closing = threading.Event()
         self._checker = threading.Thread(target=self._check_until_closed, name="geoloc-lost-batches", daemon=True)
         self._checker.start()
 
     def submit(self, task: str, kwargs: dict) -> None:
-        self.deliveries.sent(task, kwargs)  # first: a worker may begin it before send_task returns
-        self.app.send_task(task, kwargs=kwargs, queue=QUEUE)
+        task_id = self.lost.deliveries.sent(task, kwargs)  # first: a worker may begin it before send_task returns
+        self.app.send_task(task, kwargs=kwargs, queue=QUEUE, task_id=task_id)
 
     def _check_until_closed(self) -> None:
         while not self._closing.wait(self.check_s):
             try:
-                if self.store.redis.set(self.CHECK_LOCK, 1, nx=True, ex=self.check_s):
-                    send_lost_again(self.deliveries, self.store, self.submit, self.lost_after_s)
+                if self.redis.set(self.CHECK_LOCK, 1, nx=True, ex=self.check_s):
+                    self.lost.check()
             except Exception as exc:  # noqa: BLE001 - a broker down now is looked at again next time
                 log.warning("could not look for lost batches: %s", exc)
 
     def close(self) -> None:
-        """Queued batches stay with the broker for the workers; only the looking for lost ones stops."""
+        """Queued batches stay with the broker for the workers; only the looking for lost ones stops (a check
+        waiting on a broker that does not answer is left to end with the process)."""
         self._closing.set()
-        self._checker.join()
+        self._checker.join(timeout=5)

@@ -270,7 +270,7 @@ class _CeleryTask:
     """What workers.tasks reads of a bound Celery task: its retry count, and retry() that raises."""
 
     def __init__(self, retries: int):
-        self.request = type("Request", (), {"retries": retries})()
+        self.request = type("Request", (), {"retries": retries, "id": None})()
 
     def retry(self, exc, countdown):
         raise _Retry(countdown)

@@ -152,9 +152,11 @@ def test_job_survives_a_killed_worker(stack, photos):
     # does: the broker never hands it back, the API finds it lost and sends it again (geoloc.deliveries)
     broker = redis.Redis.from_url(stack["env"]["GEOLOC_BROKER_URL"])
     try:
-        assert broker.rpop(QUEUE) is not None, "no batch left queued to drop"
+        dropped = broker.rpop(QUEUE)
     finally:
         broker.close()
+    assert dropped is not None, "no batch left queued to drop"
+    _, batch, _ = json.loads(dropped)["headers"]["id"].split(":")
 
     stack["workers"].append(start_worker(stack["env"], stack["logs"], name="worker-2"))
     job = follow(stack, job_id)
@@ -165,6 +167,7 @@ def test_job_survives_a_killed_worker(stack, photos):
         ids = [hit.id for hit in gallery.scroll(SearchFilter(collections=["killed"]), batch=7)]
     assert sorted(ids) == sorted(point_id("killed", r["sha256"]) for r in photos)
     assert collection_counts(client)["killed"] == N_PHOTOS
+    assert f"batch {batch} of job {job_id} was lost by the broker" in stack["api"].log.read_text()
 
 
 def test_only_the_api_opens_the_gallery(stack):

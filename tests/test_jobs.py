@@ -173,7 +173,7 @@ def _task(retries):
     def retry(exc, countdown):
         raise _Retry(countdown)
 
-    return SimpleNamespace(request=SimpleNamespace(retries=retries), retry=retry)
+    return SimpleNamespace(request=SimpleNamespace(retries=retries, id=None), retry=retry)
 
 
 def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch, embedder,

@@ -3,8 +3,8 @@ it) cannot be used: unreachable, missing, unreadable, locked by another process.
 
 Each pool process builds its runtime once, when it starts (the model on its own GPU when there are
 several, see geoloc.runtime.for_process); the gallery is opened on the first task, inside the retries,
-so a worker started before Qdrant is up still comes good. A batch of a cancelled job does nothing. Each
-batch's beginning is recorded, for the API to find those the broker lost (geoloc.deliveries).
+so a worker started before Qdrant is up still comes good. A batch of a cancelled job does nothing. Which send
+of a batch a worker began is recorded, for the API to find those the broker lost (geoloc.deliveries).
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def _backoff(retries: int) -> float:
 
 def _run(task, fn, kwargs: dict) -> None:
     rt = runtime()
-    deliveries = DeliveryLog(rt.job_store().redis)
-    deliveries.begun(kwargs["job_id"], kwargs["batch"])  # a batch begun and then silent is lost
+    DeliveryLog(rt.job_store().redis).begun(kwargs["job_id"], kwargs["batch"], task.request.id)
     try:
         jobs.execute(fn, rt.job_context, rt.job_store(), kwargs)
     except jobs.RETRYABLE as exc:
@@ -55,8 +54,6 @@ def _run(task, fn, kwargs: dict) -> None:
     except Exception as exc:
         jobs.give_up(rt.job_store(), kwargs, "internal_error", f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        deliveries.busy()
 
 
 def _register(name: str, function) -> None:
