@@ -59,7 +59,14 @@ def broker_state(client) -> tuple[set[str], int]:
         for queue in queues:
             pipe.llen(queue)
         held, *sizes = pipe.execute()
-    return {json.loads(message)[0]["headers"]["id"] for message in held}, sum(sizes)
+    return {_task_id(message) for message in held} - {None}, sum(sizes)
+
+
+def _task_id(unacked: str) -> str | None:
+    try:
+        return json.loads(unacked)[0]["headers"]["id"]
+    except (ValueError, LookupError, TypeError):  # not a Celery task's message
+        return None
 
 
 def make_celery(settings: Settings) -> Celery:
