@@ -1,18 +1,20 @@
 """Job batches the broker lost, found from the broker's own state, and sent again (see CeleryRunner).
 
-Celery on Redis can lose a task to a worker killed at the wrong moment (kombu's Redis transport):
-* killed between taking the task from the queue and recording it as unacknowledged, about a millisecond of
-  each task: nothing ever delivers it again;
-* a task stopped by its hard time limit is acknowledged without an outcome.
-So each send of a batch gets a number from one counter, which is also its task id's tail, and workers record the
-highest number they began, per batch and overall (the front). A batch without an outcome whose task no worker
-holds (kombu's `unacked` hash: tasks running, reserved or waiting to retry) is lost when, on two checks in a
-row (a task in passage between queue and worker is missing from both for a moment):
-* the queue is empty, or
-* it was not begun since its last send, and the front had passed that send `stall_s` ago: the queue is first in,
-  first out, so it was taken, and a task handed back after a dead worker is begun again well within that.
+Celery on Redis can lose a task to a worker killed at the wrong moment (kombu's Redis transport): killed
+between taking the task from the queue and recording it as unacknowledged, about a millisecond of each task,
+nothing ever delivers it again. And an API stopped while it queues a job's batches leaves the rest unsent.
+So a job's batches are recorded before any is sent; each send gets a number from one counter, which is also its
+task id's tail; and a worker, on receiving a task (once kombu records it as unacknowledged), records the
+highest number taken, per batch and overall (the front). A batch without an outcome is lost when, on two checks
+in a row (a task in passage between queue and worker is missing from both for a moment):
+* it was never sent, or
+* no worker holds its task (kombu's `unacked` hash: tasks running, reserved or waiting to retry), and either
+  the queue is empty, or its last send was not taken and the front had passed it `stall_s` ago (the queue is
+  first in, first out, so it was taken, and a task handed back after a dead worker is taken again well within
+  that).
 A lost batch is sent again (its outcome counts once, its writes are idempotent, and a copy that finds the
-outcome recorded does nothing) up to MAX_SENDS times in all, then counted as failed with the reason.
+outcome recorded does nothing) up to MAX_SENDS times in all, then counted as failed with the reason. A task
+stopped by its hard time limit is failed by its worker (workers.tasks).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_SENDS = 3
 LOST_REASON = "lost_by_broker"
-FRONT = "geoloc:jobs:front"  # a sorted set of one member: the highest send number a worker began
+FRONT = "geoloc:jobs:front"  # a sorted set of one member: the highest send number a worker took
 SENDS = "geoloc:jobs:sends"  # the counter that numbers sends
 
 
@@ -49,33 +51,39 @@ def send_number(task_id_: str | None) -> int | None:
 class Delivery:
     job_id: str
     batch: int
-    send: int  # the number of its last send
+    send: int | None  # the number of its last send (None: never sent)
     sends: int
-    begun: int | None  # the highest send number of it a worker began
+    taken: int | None  # the highest number of its sends a worker took
     finished: bool
 
     @property
-    def task_id(self) -> str:
-        return task_id(self.job_id, self.batch, self.send)
+    def key(self) -> tuple[str, int, int | None]:
+        return self.job_id, self.batch, self.send
 
     @property
-    def begun_since_sent(self) -> bool:
-        return self.begun is not None and self.begun >= self.send
+    def task_id(self) -> str | None:
+        return None if self.send is None else task_id(self.job_id, self.batch, self.send)
+
+    @property
+    def taken_since_sent(self) -> bool:
+        return self.taken is not None and self.send is not None and self.taken >= self.send
 
 
 def missing(deliveries: list[Delivery], held: set[str], queue_empty: bool, front_then: int | None) -> list[Delivery]:
-    """The unfinished deliveries no worker holds and the queue cannot hold either (`front_then`: the front as it
-    was `stall_s` ago); lost if also missing at the previous check."""
+    """The unfinished deliveries never sent, or that no worker holds and the queue cannot hold either
+    (`front_then`: the front as it was `stall_s` ago); lost if also missing at the previous check."""
     def is_missing(d: Delivery) -> bool:
         if d.finished or d.task_id in held:
             return False
-        return queue_empty or (not d.begun_since_sent and front_then is not None and d.send < front_then)
+        if d.send is None or queue_empty:
+            return True
+        return not d.taken_since_sent and front_then is not None and d.send < front_then
 
     return [d for d in deliveries if is_missing(d)]
 
 
 class DeliveryLog:
-    """Each batch's sends (with what was sent, to send it again) and begun sends, in the broker's Redis."""
+    """Each batch's message (to send it again), sends and sends taken, in the broker's Redis."""
 
     def __init__(self, client):
         self.redis = client
@@ -84,24 +92,29 @@ class DeliveryLog:
     def _key(job_id: str, field: str) -> str:
         return f"geoloc:job:{job_id}:{field}"
 
-    def sent(self, task: str, kwargs: dict) -> str:
-        """Record a send of this batch; the task id to send it with."""
-        job_id, batch = kwargs["job_id"], str(kwargs["batch"])
-        number = self.redis.incr(SENDS)
-        keys = [self._key(job_id, field) for field in ("message", "send", "sends")]
+    def planned(self, task: str, batches: list[dict]) -> None:
+        """Record a job's batches, before any is sent."""
         with self.redis.pipeline() as pipe:
-            pipe.hsetnx(keys[0], batch, json.dumps({"task": task, "kwargs": kwargs}))
-            pipe.hset(keys[1], batch, number).hincrby(keys[2], batch, 1)
-            for key in keys:
+            for kwargs in batches:
+                key = self._key(kwargs["job_id"], "message")
+                pipe.hsetnx(key, str(kwargs["batch"]), json.dumps({"task": task, "kwargs": kwargs}))
                 pipe.expire(key, JOB_TTL_S)
             pipe.execute()
-        return task_id(job_id, int(batch), number)
 
-    def begun(self, job_id: str, batch: int, task_id_: str | None) -> None:
+    def sent(self, job_id: str, batch: int) -> str:
+        """Record a send of this batch; the task id to send it with."""
+        number = self.redis.incr(SENDS)
+        send, sends = self._key(job_id, "send"), self._key(job_id, "sends")
+        with self.redis.pipeline() as pipe:
+            pipe.hset(send, str(batch), number).hincrby(sends, str(batch), 1)
+            pipe.expire(send, JOB_TTL_S).expire(sends, JOB_TTL_S).execute()
+        return task_id(job_id, batch, number)
+
+    def taken(self, job_id: str, batch: int, task_id_: str | None) -> None:
         number = send_number(task_id_)
         if number is None:  # not sent by a CeleryRunner
             return
-        key = self._key(job_id, "begun")
+        key = self._key(job_id, "taken")
         with self.redis.pipeline() as pipe:
             pipe.zadd(key, {str(batch): number}, gt=True).expire(key, JOB_TTL_S)
             pipe.zadd(FRONT, {"front": number}, gt=True).execute()
@@ -112,12 +125,13 @@ class DeliveryLog:
 
     def deliveries(self, job_id: str, finished: set[int]) -> list[Delivery]:
         with self.redis.pipeline() as pipe:
+            pipe.hkeys(self._key(job_id, "message"))
             pipe.hgetall(self._key(job_id, "send")).hgetall(self._key(job_id, "sends"))
-            pipe.zrange(self._key(job_id, "begun"), 0, -1, withscores=True)
-            send, sends, begun = pipe.execute()
-        begun = {batch: int(score) for batch, score in begun}
-        return [Delivery(job_id, int(batch), int(number), int(sends.get(batch, 1)), begun.get(batch),
-                         int(batch) in finished) for batch, number in send.items()]
+            pipe.zrange(self._key(job_id, "taken"), 0, -1, withscores=True)
+            planned, send, sends, taken = pipe.execute()
+        taken = {batch: int(score) for batch, score in taken}
+        return [Delivery(job_id, int(batch), int(send[batch]) if batch in send else None, int(sends.get(batch, 0)),
+                         taken.get(batch), int(batch) in finished) for batch in sorted(planned, key=int)]
 
     def message(self, job_id: str, batch: int) -> tuple[str, dict]:
         message = json.loads(self.redis.hget(self._key(job_id, "message"), str(batch)))
@@ -132,7 +146,7 @@ class LostBatches:
         self.store, self.broker, self.send, self.stall_s, self.clock = store, broker, send, stall_s, clock
         self.deliveries = DeliveryLog(store.redis)
         self._fronts: deque[tuple[float, int | None]] = deque()  # (when, front) at each check
-        self._suspects: set[str] = set()
+        self._suspects: set[tuple] = set()
 
     def _front_then(self, now: float) -> int | None:
         """The front at the latest check made at least stall_s ago (None if none was)."""
@@ -150,8 +164,8 @@ class LostBatches:
                  for d in self.deliveries.deliveries(job["id"], self.store.finished_batches(job["id"]))]
         held, queued = self.broker()  # after the deliveries: a batch finished meanwhile is gone from both
         now_missing = missing(found, held, queued == 0, front_then)
-        lost = [d for d in now_missing if d.task_id in self._suspects]
-        self._suspects = {d.task_id for d in now_missing}
+        lost = [d for d in now_missing if d.key in self._suspects]
+        self._suspects = {d.key for d in now_missing}
         for delivery in lost:
             try:
                 self._again(delivery)
@@ -164,9 +178,9 @@ class LostBatches:
         if delivery.sends >= MAX_SENDS:
             log.error("batch %d of job %s lost %d times: counted as failed", delivery.batch, delivery.job_id,
                       delivery.sends)
-            give_up(self.store, kwargs, LOST_REASON, f"the workers lost this batch {delivery.sends} times (a "
-                                                     f"worker killed, or a task past its time limit)")
+            give_up(self.store, kwargs, LOST_REASON, f"the broker lost this batch {delivery.sends} times (workers "
+                                                     f"killed as they took it)")
         else:
-            log.warning("batch %d of job %s was lost by the broker: sending it again", delivery.batch,
-                        delivery.job_id)
+            log.warning("batch %d of job %s was %s: sending it again", delivery.batch, delivery.job_id,
+                        "never sent" if delivery.send is None else "lost by the broker")
             self.send(task, kwargs)

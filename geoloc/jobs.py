@@ -238,7 +238,7 @@ def execute(task: Callable[..., None], context: Callable[[], JobContext], store:
 # ---------------------------------------------------------------------------------------------- planning
 
 class Runner(Protocol):
-    def submit(self, task: str, kwargs: dict) -> None: ...
+    def submit(self, task: str, batches: list[dict]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -257,8 +257,9 @@ class InProcessRunner:
         self._closing = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoloc-jobs")
 
-    def submit(self, task: str, kwargs: dict) -> None:
-        self._pool.submit(self._run, task, kwargs)
+    def submit(self, task: str, batches: list[dict]) -> None:
+        for kwargs in batches:
+            self._pool.submit(self._run, task, kwargs)
 
     def _run(self, task: str, kwargs: dict) -> None:
         for attempt in itertools.count():
@@ -308,9 +309,8 @@ class Jobs:
                 payloads: list[dict], pre: Outcome | None = None, originals: list[str] | None = None,
                 runner: Runner | None = None) -> str:
         job_id = self.store.create(kind, collection, total, len(payloads), owner, pre, originals)
-        for number, payload in enumerate(payloads, start=1):
-            (runner or self.runner).submit(task, {"job_id": job_id, "batch": number, "collection": collection,
-                                                  **payload})
+        (runner or self.runner).submit(task, [{"job_id": job_id, "batch": number, "collection": collection, **payload}
+                                              for number, payload in enumerate(payloads, start=1)])
         return job_id
 
     def build_index(self, owner: str, points: int) -> str:

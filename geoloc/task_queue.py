@@ -9,8 +9,8 @@ Timing, from one setting (GEOLOC_TASK_TIME_LIMIT, the longest a task may run):
 * broker visibility timeout = limit + margin: a task unacknowledged for that long (its worker died) is
   delivered again. It must stay above the longest task, or a slow task would run twice at once, and
   retry delays must stay below it (Redis holds a delayed retry as an unacknowledged message);
-* a batch passed over in the queue that long ago (plus the restore interval and the margin) that no worker
-  holds is lost, and the runner sends it again (geoloc.deliveries).
+* a batch the queue passed that long ago (plus the restore interval and the margin) that no worker holds is
+  lost, and the runner sends it again (geoloc.deliveries).
 """
 
 from __future__ import annotations
@@ -110,15 +110,18 @@ class CeleryRunner:
 
     def __init__(self, app: Celery, store: RedisJobStore, limit_s: int):
         self.app, self.redis = app, store.redis
-        self.lost = LostBatches(store, lambda: broker_state(store.redis), self.submit, lost_after_s(limit_s))
+        self.lost = LostBatches(store, lambda: broker_state(store.redis),
+                                lambda task, kwargs: self.submit(task, [kwargs]), lost_after_s(limit_s))
         self.check_s = max(1, min(30, lost_after_s(limit_s) // 4))
         self._closing = threading.Event()
         self._checker = threading.Thread(target=self._check_until_closed, name="geoloc-lost-batches", daemon=True)
         self._checker.start()
 
-    def submit(self, task: str, kwargs: dict) -> None:
-        task_id = self.lost.deliveries.sent(task, kwargs)  # first: a worker may begin it before send_task returns
-        self.app.send_task(task, kwargs=kwargs, queue=QUEUE, task_id=task_id)
+    def submit(self, task: str, batches: list[dict]) -> None:
+        self.lost.deliveries.planned(task, batches)  # all first: one left unsent is then found and sent
+        for kwargs in batches:
+            task_id = self.lost.deliveries.sent(kwargs["job_id"], kwargs["batch"])  # before a worker can take it
+            self.app.send_task(task, kwargs=kwargs, queue=QUEUE, task_id=task_id)
 
     def _check_until_closed(self) -> None:
         while not self._closing.wait(self.check_s):

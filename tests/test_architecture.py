@@ -35,6 +35,7 @@ LAZY_EXTRAS = {
     ("geoloc.models.clip", "huggingface_hub"): "clip",
     ("geoloc.search_api.errors", "kombu"): "workers",
     ("geoloc.task_queue", "celery"): "workers",
+    ("geoloc.task_queue", "kombu"): "workers",
 }
 PACKAGE_EXTRAS = {"geoloc.search_api": "server", "geoloc.workers": "workers", "geoloc.gallery.server": "qdrant"}
 

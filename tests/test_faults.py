@@ -270,17 +270,16 @@ class _CeleryTask:
     """What workers.tasks reads of a bound Celery task: its retry count, and retry() that raises."""
 
     def __init__(self, retries: int):
-        self.request = type("Request", (), {"retries": retries, "id": None})()
+        self.request = type("Request", (), {"retries": retries})()
 
     def retry(self, exc, countdown):
         raise _Retry(countdown)
 
 
-def test_a_worker_retries_a_broken_gallery_with_backoff_then_fails_the_batch(home, rows, embedder, monkeypatch,
-                                                                             redis_url):
+def test_a_worker_retries_a_broken_gallery_with_backoff_then_fails_the_batch(home, rows, embedder, monkeypatch):
     from geoloc.workers import tasks
 
-    settings = settings_for(home, shared=True, task_retry_delay=0.25, broker_url=redis_url)
+    settings = settings_for(home, shared=True, task_retry_delay=0.25)
     runtime = Runtime(settings, embedder)
     monkeypatch.setattr(tasks, "runtime", lambda: runtime)
     store = runtime.job_store()

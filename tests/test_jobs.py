@@ -143,7 +143,7 @@ def test_prune_region_and_the_planner(ctx, tmp_path):
 def test_the_in_process_runner_turns_errors_into_a_failed_batch(ctx):
     runner = jobs.InProcessRunner(lambda: ctx, ctx.jobs)
     job_id = ctx.jobs.create("prune", "news", 0, 1, "k1")
-    runner.submit("geoloc.prune_unplaceable", {"job_id": job_id, "batch": 1, "collection": "news", "ids": []})
+    runner.submit("geoloc.prune_unplaceable", [{"job_id": job_id, "batch": 1, "collection": "news", "ids": []}])
     runner.close()
     job = ctx.jobs.get(job_id)
     assert job["state"] == "failed" and "needs a model bundle" in job["error"]
@@ -173,17 +173,16 @@ def _task(retries):
     def retry(exc, countdown):
         raise _Retry(countdown)
 
-    return SimpleNamespace(request=SimpleNamespace(retries=retries, id=None), retry=retry)
+    return SimpleNamespace(request=SimpleNamespace(retries=retries), retry=retry)
 
 
-def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch, embedder,
-                                                                               redis_url):
+def test_worker_retries_while_the_gallery_is_unreachable_then_fails_the_batch(tmp_path, monkeypatch, embedder):
     """A worker's runtime pointed at a Qdrant server that is not there: the real open fails, the task retries
     with backoff, and after the last retry the batch fails with the reason."""
     from geoloc.runtime import Runtime
     from geoloc.workers import tasks
 
-    settings = Settings(home=tmp_path, qdrant_url="http://127.0.0.1:9", qdrant_timeout=1, broker_url=redis_url)
+    settings = Settings(home=tmp_path, qdrant_url="http://127.0.0.1:9", qdrant_timeout=1)
     runtime = Runtime(settings, embedder)
     store = runtime.job_store()
     job_id = store.create("upload", "news", 2, 1, "k1")
