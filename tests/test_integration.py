@@ -20,6 +20,7 @@ from geoloc.gallery.base import SearchFilter
 from geoloc.gallery.open import OWNER_SOCKET
 from geoloc.gallery.remote import OwnedGalleryClient
 from geoloc.ingest.records import point_id, sha256_hex
+from geoloc.deliveries import FRONT
 from geoloc.task_queue import QUEUE
 from tests.services import (DATA, INTERNAL_TOKEN, REPO, beside, free_port, geoloc, manifest_rows, service_env,
                             sessions_files, start_api, start_worker, wait_until)
@@ -151,12 +152,9 @@ def test_job_survives_a_killed_worker(stack, photos):
     # and one more batch dropped as a worker killed between taking it and recording it as unacknowledged
     # does: the broker never hands it back, the API finds it lost and sends it again (geoloc.deliveries)
     broker = redis.Redis.from_url(stack["env"]["GEOLOC_BROKER_URL"])
-    try:
-        dropped = broker.rpop(QUEUE)
-    finally:
-        broker.close()
+    dropped = broker.rpop(QUEUE)
     assert dropped is not None, "no batch left queued to drop"
-    _, batch, _ = json.loads(dropped)["headers"]["id"].split(":")
+    _, batch, send = json.loads(dropped)["headers"]["id"].split(":")
 
     stack["workers"].append(start_worker(stack["env"], stack["logs"], name="worker-2"))
     job = follow(stack, job_id)
@@ -169,6 +167,8 @@ def test_job_survives_a_killed_worker(stack, photos):
     assert collection_counts(client)["killed"] == N_PHOTOS
     sent_again = [line for line in stack["api"].log.read_text().splitlines() if "sending it again" in line]
     assert sent_again == [f"batch {batch} of job {job_id} was lost by the broker: sending it again"], sent_again
+    assert broker.zscore(FRONT, "front") > int(send)  # the workers recorded the sends they took, the new one too
+    broker.close()
 
 
 def test_only_the_api_opens_the_gallery(stack):
