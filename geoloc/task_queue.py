@@ -9,8 +9,8 @@ Timing, from one setting (GEOLOC_TASK_TIME_LIMIT, the longest a task may run):
 * broker visibility timeout = limit + margin: a task unacknowledged for that long (its worker died) is
   delivered again. It must stay above the longest task, or a slow task would run twice at once, and
   retry delays must stay below it (Redis holds a delayed retry as an unacknowledged message);
-* a batch the queue passed that long ago (plus the restore interval and the margin) that no worker holds is
-  lost, and the runner sends it again (geoloc.deliveries).
+* a batch no worker holds, with the queue empty or passed by it that long ago (plus the restore interval and
+  the margin), is lost, and the runner sends it again (geoloc.deliveries).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def restore_interval_s(limit_s: int) -> int:
 
 def lost_after_s(limit_s: int) -> int:
     """How long after the queue passed a batch no worker holds it counts as lost: the visibility timeout, one
-    restore interval and a margin (a task handed back after a dead worker is begun again within that)."""
+    restore interval and a margin (a task handed back after a dead worker is taken again within that)."""
     return limit_s + 2 * margin_s(limit_s) + restore_interval_s(limit_s)
 
 
