@@ -2,9 +2,9 @@
 
 The gallery is the dev photos' backbone features (a cache made by `geoloc features`) and jittered copies of
 them (Gaussian noise, renormalised), their coordinates spread around the originals'; the queries are photos of
-photographers kept out of it. Per layout (float32 vectors in RAM; int8 scalar quantization in RAM with the
-float32 originals on disk, rescored): upsert rate, index build time (optimize), disk, resident memory of a
-process that opened it and searched, and, per search setting, recall@10 against exact (numpy) search and
+photographers kept out of it. Per layout (float32 vectors in RAM; int8 scalar or TurboQuant 4-bit quantization
+in RAM with the float32 originals on disk, rescored): upsert rate, index build time (optimize), disk, resident
+memory of a process that opened it and searched, and, per search setting, recall@10 against exact (numpy) search and
 latency, unfiltered and inside S2 cells holding ~1% and ~0.01% of the photos (and ~10,000 photos: what 1% is
 at a million). Build and search each run in a fresh process, so memory is the gallery's own.
 
@@ -48,7 +48,7 @@ SPREAD_KM = 30.0  # copies lie at an exponential distance (this mean) from their
 QUERIES = 100
 EFS = (16, 32, 64, 128, 256, 512)
 TARGETS = {"cell_1pct": 0.01, "cell_0.01pct": 0.0001}
-LAYOUTS = {"float32": False, "int8": True}
+LAYOUTS = ("float32", "int8", "turbo4")  # GEOLOC_EDGE_QUANTIZATION
 
 
 def split(fs) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +96,7 @@ def build(args) -> dict:
     shutil.rmtree(path, ignore_errors=True)
     # the index is built once, below, and timed
     manual = GalleryTuning(index_after_upserts=0, hnsw_m=args.m, hnsw_ef_construct=args.ef_construct)
-    gallery = EdgeGallery(path, fs.features.shape[1], tuning=manual, int8=LAYOUTS[args.layout])
+    gallery = EdgeGallery(path, fs.features.shape[1], tuning=manual, quantization=args.layout)
     upsert_s = 0.0
     for start in range(0, args.photos, 8192):
         x, lat, lon, digests = chunk(fs, base, start, min(args.photos, start + 8192), args.noise)

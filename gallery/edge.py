@@ -36,6 +36,8 @@ from qdrant_edge import (
     ScalarQuantizationConfig,
     ScalarType,
     ScrollRequest,
+    TurboQuantBitSize,
+    TurboQuantQuantizationConfig,
     UpdateOperation,
 )
 
@@ -61,6 +63,14 @@ _INDEX_SCHEMAS = {
     "integer": IntegerIndexParams(lookup=False, range=True),
 }
 
+# the quantized copies a new shard keeps in RAM, by GEOLOC_EDGE_QUANTIZATION (None: float32 vectors in RAM only);
+# measured by bench/gallery_scale.py (README "Speed"): TurboQuant's 4 bits find what int8 finds, sooner
+_QUANTIZATIONS: dict[str, Callable] = {
+    "float32": lambda: None,
+    "int8": lambda: ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, memory=Memory.Pinned),
+    "turbo4": lambda: TurboQuantQuantizationConfig(bits=TurboQuantBitSize.Bits4, memory=Memory.Pinned),
+}
+
 
 def _on_disk(method: Callable) -> Callable:
     """A shard call made only while the gallery directory is sound, its faults explained (gallery.faults)."""
@@ -84,19 +94,20 @@ class EdgeGallery(QdrantGallery):
     search keeps (unset: what the last index build measured, see hnsw_ef); `hnsw_m` and `hnsw_ef_construct`, the
     graph a new shard builds; `index_after_upserts`, the upserted points after which the index is built again on
     its own.
-    `int8` (None: `edge_int8` of the tuning): a new shard keeps int8 scalar-quantized copies of the vectors in
-    RAM, searched first and rescored with the float32 originals, which stay on disk; an existing shard keeps the
-    layout it was made with.
+    `quantization` (None: `edge_quantization` of the tuning): "int8" or "turbo4", a new shard keeps quantized
+    copies of the vectors in RAM (int8 scalars, or TurboQuant's 4 bits a dimension), searched first and rescored
+    with the float32 originals, which stay on disk; "float32" keeps only those, in RAM. An existing shard keeps
+    the layout it was made with.
     """
 
     def __init__(self, path: str | Path, dim: int | None = None, *, tuning: GalleryTuning | None = None,
-                 int8: bool | None = None):
+                 quantization: str | None = None):
         from geoloc.gallery.edge_index import IndexBuilder
 
         self.path = Path(path)
         self.dim = dim
         tuning = tuning or GalleryTuning()
-        self._tuned_ef, self.int8 = tuning.hnsw_ef, tuning.edge_int8 if int8 is None else int8
+        self._tuned_ef, self.quantization = tuning.hnsw_ef, quantization or tuning.edge_quantization
         self.breadth: Breadth | None = None  # measured by the store's last index build (gallery.json)
         self._graph = (tuning.hnsw_m, tuning.hnsw_ef_construct)
         self._using, self._writing = threading.RLock(), threading.Lock()  # every shard call; every write
@@ -144,9 +155,9 @@ class EdgeGallery(QdrantGallery):
 
     def _config(self) -> EdgeConfig:
         graph = HnswIndexConfig(*self._graph, full_scan_threshold=FULL_SCAN_KB)
-        vectors = EdgeVectorParams(size=self.dim, distance=Distance.Cosine, memory=Memory.Cold if self.int8 else None)
-        int8 = ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, memory=Memory.Pinned) if self.int8 else None
-        return EdgeConfig(vectors={VECTOR_NAME: vectors}, hnsw_config=graph, quantization_config=int8)
+        quantized = _QUANTIZATIONS[self.quantization]()
+        vectors = EdgeVectorParams(size=self.dim, distance=Distance.Cosine, memory=Memory.Cold if quantized else None)
+        return EdgeConfig(vectors={VECTOR_NAME: vectors}, hnsw_config=graph, quantization_config=quantized)
 
     @property
     def hnsw_ef(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
@@ -54,9 +54,10 @@ class GalleryTuning(BaseSettings):
     # photos, at a longer build and more memory (README "Speed", bench/gallery_scale.py --m --ef-construct)
     hnsw_m: Count = 16
     hnsw_ef_construct: Annotated[int, Field(ge=4)] = 100
-    # a new embedded gallery store keeps int8 copies of its vectors in RAM, searched first and rescored with the
-    # float32 originals kept on disk: half the memory, and faster searches (a Qdrant server: GEOLOC_QDRANT_INT8)
-    edge_int8: Flag = False
+    # the vectors a new embedded gallery store keeps in RAM (a store keeps the layout it was made with): float32;
+    # int8 (scalar) or turbo4 (TurboQuant, 4 bits a dimension) copies, searched first and rescored with the float32
+    # originals kept on disk: less memory and faster searches (README "Speed"; a Qdrant server: GEOLOC_QDRANT_INT8)
+    edge_quantization: Literal["float32", "int8", "turbo4"] = "float32"
     # rebuild the embedded gallery's vector index (in the background) after this many upserted photos; 0: never
     index_after_upserts: Annotated[int, Field(ge=0)] = 20_000
 

@@ -240,9 +240,13 @@ def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeyp
     server._local = False  # parameters a real server would be sent (local mode takes none)
     assert server._search_params(exact=False).hnsw_ef == 48
     server.close()
-    monkeypatch.setenv("GEOLOC_EDGE_INT8", "1")
-    with open_gallery(Settings(home=tmp_path / "int8"), DIM, MODEL) as gallery:
-        assert gallery.int8 and gallery._config().quantization_config is not None
+    monkeypatch.setenv("GEOLOC_EDGE_QUANTIZATION", "turbo4")
+    with open_gallery(Settings(home=tmp_path / "turbo4"), DIM, MODEL) as gallery:
+        assert gallery.quantization == "turbo4" and gallery._config().quantization_config is not None
+    monkeypatch.setenv("GEOLOC_EDGE_QUANTIZATION", "int4")
+    with pytest.raises(SettingsError, match="GEOLOC_EDGE_QUANTIZATION"):
+        Settings(home=tmp_path)
+    monkeypatch.delenv("GEOLOC_EDGE_QUANTIZATION")
     monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "-1")
     with pytest.raises(SettingsError, match="GEOLOC_INDEX_AFTER_UPSERTS"):
         Settings(home=tmp_path)
@@ -263,11 +267,34 @@ def test_a_new_store_builds_the_graph_its_settings_name_and_keeps_it(tmp_path):
     server.close()
 
 
+@pytest.mark.parametrize("layout", ["int8", "turbo4"])
+def test_a_quantized_store_is_indexed_and_answers_with_the_originals_scores(tmp_path, layout):
+    """Quantized copies only pick candidates: the float32 originals, kept on disk, score what is returned."""
+    dim = 64
+    stored = points(400, dim=dim)
+    with EdgeGallery(tmp_path / layout, dim, tuning=MANUAL, quantization=layout) as gallery:
+        gallery.upsert(stored)
+        gallery.optimize()
+    config = json.loads((tmp_path / layout / SHARD_DIR / "edge_config.json").read_text())
+    assert {"int8": "scalar", "turbo4": "turbo"}[layout] in json.dumps(config["quantization_config"])
+    vectors = np.array([p.vector for p in stored])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with EdgeGallery(tmp_path / layout) as gallery:  # reopened: the store keeps its layout
+        found = []
+        for q in [p.vector for p in points(20, dim=dim, seed=3)]:
+            cosines = vectors @ (q / np.linalg.norm(q))
+            hits = gallery.search(q, 10)
+            by_id = {p.id: c for p, c in zip(stored, cosines)}
+            assert [h.score for h in hits] == pytest.approx([by_id[h.id] for h in hits], abs=1e-4)
+            found.append(len({h.id for h in hits} & {stored[i].id for i in np.argsort(-cosines)[:10]}) / 10)
+        assert np.mean(found) >= 0.95
+
+
 def test_settings_given_in_code_reach_the_gallery(tmp_path):
-    settings = Settings(home=tmp_path, hnsw_ef=33, index_after_upserts=5, edge_int8=True)
+    settings = Settings(home=tmp_path, hnsw_ef=33, index_after_upserts=5, edge_quantization="int8")
     with open_gallery(settings, DIM, MODEL) as gallery:
         assert gallery._search_params(exact=False).hnsw_ef == 33
-        assert gallery.index.after_upserts == 5 and gallery.int8
+        assert gallery.index.after_upserts == 5 and gallery.quantization == "int8"
 
 
 def test_stores_made_before_the_full_scan_threshold_keep_exact_cell_searches(tmp_path):
