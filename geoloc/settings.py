@@ -121,6 +121,8 @@ class Settings(GalleryTuning):
     serve_batch_wait_ms: Annotated[float, Field(ge=0)] = 5.0
 
     def __init__(self, **values: Any):
+        if os.environ.get(ENV_PREFIX + "EDGE_INT8", "").strip():  # renamed: ignored, it would make float32 stores
+            raise SettingsError(f"{ENV_PREFIX}EDGE_INT8 is replaced by {ENV_PREFIX}EDGE_QUANTIZATION=int8 (or turbo4)")
         try:
             super().__init__(**values)
         except ValidationError as exc:

@@ -247,6 +247,10 @@ def test_search_settings_from_the_environment_reach_the_engine(tmp_path, monkeyp
     with pytest.raises(SettingsError, match="GEOLOC_EDGE_QUANTIZATION"):
         Settings(home=tmp_path)
     monkeypatch.delenv("GEOLOC_EDGE_QUANTIZATION")
+    monkeypatch.setenv("GEOLOC_EDGE_INT8", "1")
+    with pytest.raises(SettingsError, match="GEOLOC_EDGE_QUANTIZATION=int8"):
+        Settings(home=tmp_path)
+    monkeypatch.delenv("GEOLOC_EDGE_INT8")
     monkeypatch.setenv("GEOLOC_INDEX_AFTER_UPSERTS", "-1")
     with pytest.raises(SettingsError, match="GEOLOC_INDEX_AFTER_UPSERTS"):
         Settings(home=tmp_path)
