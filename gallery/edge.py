@@ -43,7 +43,7 @@ from qdrant_edge import (
 
 from geoloc.gallery.base import (DEFAULT_HNSW_EF, FULL_SCAN_KB, PAYLOAD_INDEXES, VECTOR_NAME, GalleryError, NoGallery,
                                  SearchFilter)
-from geoloc.gallery.edge_meta import META_FILE, read_meta, write_meta
+from geoloc.gallery.edge_meta import META_FILE, SHARD_DIR, read_meta, write_meta
 from geoloc.gallery.edge_query import edge_filter, search_params
 from geoloc.gallery.faults import GalleryUnavailable, check_directory, describe, disk_faults, is_fault
 from geoloc.gallery.qdrant_base import QdrantGallery
@@ -52,7 +52,6 @@ from geoloc.settings import GalleryTuning
 
 log = logging.getLogger(__name__)
 
-SHARD_DIR = "shard"
 OLD_SHARD_DIR = "shard.old"  # the shard a rebuilt one replaces, until the writes made meanwhile are replayed
 TRASH_DIR = "shard.trash"  # a replaced shard, being removed
 

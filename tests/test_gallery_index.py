@@ -19,6 +19,7 @@ from geoloc.cli import main
 from geoloc.gallery.base import DEFAULT_HNSW_EF, FULL_SCAN_KB, GalleryPoint, SearchFilter, make_payload
 from geoloc.gallery.edge import OLD_SHARD_DIR, SHARD_DIR, EdgeGallery
 from geoloc.gallery.edge_index import BUILD_DIR
+from geoloc.gallery.edge_meta import read_layout
 from geoloc.gallery.open import open_gallery
 from geoloc.gallery.server import ServerGallery
 from geoloc.settings import GalleryTuning, Settings, SettingsError
@@ -73,6 +74,8 @@ def test_index_command_builds_every_store_and_keeps_exact_answers(tmp_path, monk
         assert gallery.count() == 300 and gallery.hnsw_ef == 64
         assert_exact(gallery, [p.vector for p in points(20, seed=1)])
         assert not (gallery.path / BUILD_DIR).exists() and not (gallery.path / OLD_SHARD_DIR).exists()
+    assert main(["models", "list"]) == 0  # the layout, graph and measured breadth of each store
+    assert "float32, graph m 16 ef_construct 100, searches 64 candidates" in capsys.readouterr().out
 
 
 def test_api_index_job_for_admins_only(tmp_path, embedder):
@@ -281,6 +284,8 @@ def test_a_quantized_store_is_indexed_and_answers_with_the_originals_scores(tmp_
         gallery.optimize()
     config = json.loads((tmp_path / layout / SHARD_DIR / "edge_config.json").read_text())
     assert {"int8": "scalar", "turbo4": "turbo"}[layout] in json.dumps(config["quantization_config"])
+    listed = read_layout(tmp_path / layout)
+    assert (listed["vectors"], listed["m"], listed["ef_construct"], listed["search"]["hnsw_ef"]) == (layout, 16, 100, 64)
     vectors = np.array([p.vector for p in stored])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     with EdgeGallery(tmp_path / layout) as gallery:  # reopened: the store keeps its layout
@@ -292,6 +297,15 @@ def test_a_quantized_store_is_indexed_and_answers_with_the_originals_scores(tmp_
             assert [h.score for h in hits] == pytest.approx([by_id[h.id] for h in hits], abs=1e-4)
             found.append(len({h.id for h in hits} & {stored[i].id for i in np.argsort(-cosines)[:10]}) / 10)
         assert np.mean(found) >= 0.95
+
+
+def test_a_store_whose_files_cannot_be_read_lists_no_layout(tmp_path):
+    (tmp_path / "garbled" / SHARD_DIR).mkdir(parents=True)
+    (tmp_path / "garbled" / SHARD_DIR / "edge_config.json").write_text('["not", "a config"]')
+    (tmp_path / "fifo" / SHARD_DIR).mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo" / SHARD_DIR / "edge_config.json")  # read plainly, it would block for ever
+    assert read_layout(tmp_path / "garbled") is None and read_layout(tmp_path / "fifo") is None
+    assert read_layout(tmp_path / "none") is None
 
 
 def test_settings_given_in_code_reach_the_gallery(tmp_path):

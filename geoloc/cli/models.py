@@ -16,6 +16,7 @@ def _stores(settings: Settings):
 
 
 def cmd_models_list(args) -> int:
+    from geoloc.gallery.edge_meta import read_layout
     from geoloc.gallery.open import open_gallery
 
     settings = Settings()
@@ -24,7 +25,8 @@ def cmd_models_list(args) -> int:
     for model_id, entry in registry["stores"].items():
         with open_gallery(settings, entry["dim"], model_id) as store:
             rows.append({"model": model_id, "dim": entry["dim"], "serving": model_id == registry["serving"],
-                         "collections": store.collections(), "encoder": entry["encoder"]})
+                         "collections": store.collections(), "encoder": entry["encoder"],
+                         "layout": None if settings.qdrant_url else read_layout(settings.gallery_dir / entry["store"])})
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -32,8 +34,17 @@ def cmd_models_list(args) -> int:
     for row in [] if args.json else rows:
         photos = sum(row["collections"].values())
         print(f"{'*' if row['serving'] else ' '} {row['model']}\t{row['dim']}-d\t{photos} photos\t"
-              + ", ".join(f"{k}={v}" for k, v in row["encoder"].items() if v))
+              + ", ".join(f"{k}={v}" for k, v in row["encoder"].items() if v) + _layout_text(row["layout"]))
     return 0
+
+
+def _layout_text(layout: dict | None) -> str:
+    if layout is None:
+        return ""
+    search = layout["search"]
+    breadth = f", searches {search['hnsw_ef']} candidates" if search else ", never indexed"
+    graph = f"graph m {layout['m']} ef_construct {layout['ef_construct']}" if layout["m"] else "the engine's graph"
+    return f"\t{layout['vectors']}, {graph}{breadth}"
 
 
 def cmd_models_reembed(args) -> int:
