@@ -6,6 +6,7 @@ import json
 import stat
 import subprocess
 import sys
+import threading
 
 from geoloc.audit import AuditLog
 
@@ -33,3 +34,20 @@ def test_processes_appending_at_once_write_whole_lines(tmp_path):
     entries = read_entries(path)
     assert len(entries) == 200
     assert all(sorted(e["i"] for e in entries if e["key"] == f"k{n}") == list(range(50)) for n in range(4))
+
+
+def test_threads_appending_at_once_write_whole_lines(tmp_path):
+    """A server's request threads each open the log: the flock keeps their lines apart as it does processes'."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+
+    def append(n: int) -> None:
+        for i in range(50):
+            log.record(f"k{n}", "locate", ["c"], note="x" * 5000, i=i)
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = read_entries(log.path)
+    assert len(entries) == 400 and {e["key"] for e in entries} == {f"k{n}" for n in range(8)}
