@@ -1,9 +1,13 @@
-"""Locate throughput of the API under concurrent clients, against the encoder's own batched rate, in one run.
+"""Locate throughput of the API under concurrent clients, against two in-process baselines, in one run.
 
     .venv/bin/python bench/throughput.py [--gallery 1000] [--clients 1,4,8,16] [--seconds 15] [--batch 16]
 
-Baseline: Embedder.features over batches of --batch decoded dev photos in memory (photos/s), measured before
-and after the HTTP phases (the mean of both is the baseline). HTTP: a fresh `geoloc serve` on a free loopback
+Baselines, each measured before and after the HTTP phases (the mean of both counts), photos/s:
+- locate: the product's locate path in this process on batches of --batch query photos, bytes to answer
+  dicts (decoded as the route decodes them, SHA-256, one forward pass per batch, search, aggregation,
+  calibration, place names): what the API would reach if it added nothing to batched work;
+- encoder: Embedder.features alone over batches of --batch decoded photos in memory, the ceiling.
+HTTP: a fresh `geoloc serve` on a free loopback
 port (GEOLOC_REQUIRE_KEYS=0), then for each client count, that many threads each POSTing one real dev photo at
 a time to /v1/locate for --seconds (after a short warm-up): photos/s, its ratio to the baseline, and latency
 percentiles. The query photos are taken by photographers the gallery lacks. Also recorded: how long the server
@@ -31,8 +35,11 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import Watch, locate_clients, prepare, seconds, server, window_latencies  # noqa: E402
 from geoloc.indexing import index_source  # noqa: E402
 from geoloc.ingest.images import open_image, to_rgb  # noqa: E402
+from geoloc.ingest.records import sha256_hex  # noqa: E402
 from geoloc.ingest.sources import resolve_manifest_path  # noqa: E402
+from geoloc.locate import Locator  # noqa: E402
 from geoloc.runtime import Runtime  # noqa: E402
+from geoloc.search_api.routes.common import QUERY_DECODE_SIDE  # noqa: E402
 from geoloc.settings import Settings  # noqa: E402
 
 WARM_UP_S = 2.0
@@ -48,15 +55,28 @@ def query_photos(manifest: Path, gallery_csv: Path, n: int) -> list[tuple[str, b
     return [(p.name, p.read_bytes()) for p in paths]
 
 
-def batched_rate(embedder, images: list, batch: int, rounds: int) -> dict:
-    """Photos/s of Embedder.features over batches of `batch` decoded photos: median over rounds."""
-    batches = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
-    embedder.features(batches[0])  # warm
-    rates = []
-    for r in range(rounds):
-        chunk = batches[r % len(batches)]
-        rates.append(len(chunk) / seconds(lambda: embedder.features(chunk)))
-    return {"photos_per_s": round(float(np.median(rates)), 2), "rounds": rounds, "batch": batch}
+def median_rate(work, chunks: list, rounds: int) -> dict:
+    """Photos/s of work(chunk) over `rounds` chunks after one warm call: the median."""
+    work(chunks[0])
+    rates = [len(chunk) / seconds(lambda: work(chunk)) for chunk in (chunks[r % len(chunks)] for r in range(rounds))]
+    return {"photos_per_s": round(float(np.median(rates)), 2), "rounds": rounds, "batch": len(chunks[0])}
+
+
+def baselines(photos: list, settings: Settings, batch: int, rounds: int) -> dict:
+    """Both in-process rates on the gallery the server will hold (opened here, closed before the server opens it)."""
+    chunks = [photos[i:i + batch] for i in range(0, len(photos) - batch + 1, batch)]
+    images = [[to_rgb(open_image(data)) for _, data in chunk] for chunk in chunks]
+    with Runtime(settings) as runtime:
+        embedder = runtime.embedder
+        locator = Locator(embedder, runtime.gallery(), home=settings.home)
+
+        def locate(chunk: list) -> None:
+            decoded = [to_rgb(open_image(data, settings.max_pixels, min_side=QUERY_DECODE_SIDE)) for _, data in chunk]
+            for answer in locator.locate(decoded, [sha256_hex(data) for _, data in chunk]):
+                answer.to_dict()
+
+        return {"encoder": median_rate(embedder.features, images, rounds),
+                "locate": median_rate(locate, chunks, rounds), "model": embedder.model_id}
 
 
 def load(client: httpx.Client, photos: list, clients: int, duration: float) -> dict:
@@ -74,14 +94,12 @@ def run(args, work: Path) -> dict:
     manifest = Path(args.manifest)
     gallery_csv, _ = prepare(manifest, args.gallery, work)
     photos = query_photos(manifest, gallery_csv, args.queries)
-    images = [to_rgb(open_image(data)) for _, data in photos]
-    watch, result = Watch(), {}
-    with watch.phase("index"), Runtime(Settings()) as runtime:
+    watch, result, settings = Watch(), {}, Settings()
+    with watch.phase("index"), Runtime(settings) as runtime:
         index_source(gallery_csv, "bench", runtime.gallery(), runtime.embedder, runtime.settings)
         indexed = runtime.gallery().count()
-        embedder = runtime.embedder
-    with watch.phase("baseline_before"):
-        before = batched_rate(embedder, images, args.batch, args.rounds)
+    with watch.phase("baselines_before"):
+        before = baselines(photos, settings, args.batch, args.rounds)
     levels = [int(c) for c in args.clients.split(",")]
     with watch.phase("http"), server(env, work) as (client, up_s, _):
         name, data = photos[0]
@@ -90,16 +108,18 @@ def run(args, work: Path) -> dict:
         for clients in levels:
             result[clients] = load(client, photos, clients, args.seconds)
             print(f"{clients} clients: {result[clients]}", flush=True)
-    with watch.phase("baseline_after"):
-        after = batched_rate(embedder, images, args.batch, args.rounds)
-    baseline = round((before["photos_per_s"] + after["photos_per_s"]) / 2, 2)
+    with watch.phase("baselines_after"):
+        after = baselines(photos, settings, args.batch, args.rounds)
+    baseline = {kind: round((before[kind]["photos_per_s"] + after[kind]["photos_per_s"]) / 2, 2)
+                for kind in ("locate", "encoder")}
     for level in result.values():
-        level["ratio_to_baseline"] = round(level["photos_per_s"] / baseline, 3)
+        level["ratio_to_locate"] = round(level["photos_per_s"] / baseline["locate"], 3)
+        level["ratio_to_encoder"] = round(level["photos_per_s"] / baseline["encoder"], 3)
     return {"command": " ".join(["bench/throughput.py", *sys.argv[1:]]), "torch_threads": torch.get_num_threads(),
             "server_torch_threads": args.threads,
             "server_batch": {"photos": env.get("GEOLOC_SERVE_BATCH_PHOTOS", "16 (default)"),
                              "wait_ms": env.get("GEOLOC_SERVE_BATCH_WAIT_MS", "5 (default)")},
-            "model": embedder.model_id, "gallery_photos": indexed, "query_photos": len(photos),
+            "model": before.pop("model"), "gallery_photos": indexed, "query_photos": len(photos),
             "phases": watch.phases, "baseline_photos_per_s": baseline,
             "baseline_runs": {"before": before, "after": after},
             "fresh_server": {"accepting_after_s": round(up_s, 2), "first_locate_s": round(first, 3)},
@@ -110,13 +130,15 @@ def print_table(result: dict) -> None:
     print(f"gallery {result['gallery_photos']} photos, {result['query_photos']} query photos; model "
           f"{result['model']}; fresh server: {result['fresh_server']}")
     print("\n".join(f"phase {name}: {phase}" for name, phase in result["phases"].items()))
-    runs = result["baseline_runs"]
-    print(f"baseline (Embedder.features, batch {runs['before']['batch']}): {result['baseline_photos_per_s']} photos/s "
-          f"(before {runs['before']['photos_per_s']}, after {runs['after']['photos_per_s']})")
-    print("| clients | photos/s | x baseline | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    runs, base = result["baseline_runs"], result["baseline_photos_per_s"]
+    for kind in ("locate", "encoder"):
+        print(f"baseline {kind}, batch {runs['before'][kind]['batch']}: {base[kind]} photos/s "
+              f"(before {runs['before'][kind]['photos_per_s']}, after {runs['after'][kind]['photos_per_s']})")
+    print("| clients | photos/s | x locate | x encoder | p50 ms | p95 ms | p99 ms | errors |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in result["levels"]:
-        print(f"| {r['clients']} | {r['photos_per_s']:.1f} | {r['ratio_to_baseline']:.2f} | {r['p50_ms']:.0f} | "
-              f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+        print(f"| {r['clients']} | {r['photos_per_s']:.1f} | {r['ratio_to_locate']:.2f} | {r['ratio_to_encoder']:.2f} "
+              f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
 
 
 def main() -> None:
@@ -126,8 +148,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=64, help="distinct query photos the clients cycle through")
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured time per client count")
-    parser.add_argument("--batch", type=int, default=16, help="the baseline's batch")
-    parser.add_argument("--rounds", type=int, default=12, help="baseline batches timed, before and after")
+    parser.add_argument("--batch", type=int, default=16, help="the baselines' batch")
+    parser.add_argument("--rounds", type=int, default=12, help="batches timed per baseline, before and after")
     parser.add_argument("--out", default=str(ROOT / "bench/results/throughput.json"))
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads, here and in the server (default: the cores, as the server's default)")
