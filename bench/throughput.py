@@ -7,11 +7,11 @@ Baselines, each measured before and after the HTTP phases (the mean of both coun
   dicts (decoded as the route decodes them, SHA-256, one forward pass per batch, search, aggregation,
   calibration, place names): what the API would reach if it added nothing to batched work;
 - encoder: Embedder.features alone over batches of --batch decoded photos in memory, the ceiling.
-HTTP: a fresh `geoloc serve` on a free loopback
-port (GEOLOC_REQUIRE_KEYS=0), then for each client count, that many threads each POSTing one real dev photo at
-a time to /v1/locate for --seconds (after a short warm-up): photos/s, its ratio to the baseline, and latency
-percentiles. The query photos are taken by photographers the gallery lacks. Also recorded: how long the server
-took to accept connections and its first locate. The clients run on the same cores as the server.
+HTTP: a fresh `geoloc serve` on a free loopback port (GEOLOC_REQUIRE_KEYS=0), then for each client count, that
+many threads each POSTing one real dev photo at a time to /v1/locate for --seconds (after a short warm-up):
+photos/s, its ratio to each baseline, and latency percentiles. The query photos are taken by photographers the
+gallery lacks. Also recorded: how long the server took to accept connections and its first locate. The clients
+run on the same cores as the server.
 Results: bench/results/throughput.json; each phase's `other_cores` says how much the shared machine disturbed it.
 """
 
@@ -110,6 +110,8 @@ def run(args, work: Path) -> dict:
             print(f"{clients} clients: {result[clients]}", flush=True)
     with watch.phase("baselines_after"):
         after = baselines(photos, settings, args.batch, args.rounds)
+    model = before.pop("model")
+    after.pop("model")
     baseline = {kind: round((before[kind]["photos_per_s"] + after[kind]["photos_per_s"]) / 2, 2)
                 for kind in ("locate", "encoder")}
     for level in result.values():
@@ -119,7 +121,7 @@ def run(args, work: Path) -> dict:
             "server_torch_threads": args.threads,
             "server_batch": {"photos": env.get("GEOLOC_SERVE_BATCH_PHOTOS", "16 (default)"),
                              "wait_ms": env.get("GEOLOC_SERVE_BATCH_WAIT_MS", "5 (default)")},
-            "model": before.pop("model"), "gallery_photos": indexed, "query_photos": len(photos),
+            "model": model, "gallery_photos": indexed, "query_photos": len(photos),
             "phases": watch.phases, "baseline_photos_per_s": baseline,
             "baseline_runs": {"before": before, "after": after},
             "fresh_server": {"accepting_after_s": round(up_s, 2), "first_locate_s": round(first, 3)},
