@@ -35,7 +35,8 @@ class Embedder:
         name = settings.backbone
         if bundle is not None and name.split(":")[0] != bundle.backbone_name:
             name = bundle.backbone_name
-        backbone = build_encoder(name, settings.checkpoint, device=settings.device, batch_size=settings.batch_size)
+        backbone = build_encoder(name, settings.checkpoint, device=settings.device, batch_size=settings.batch_size,
+                                 trace=settings.trace_model)
         if bundle is not None and bundle.backbone_model_id != backbone.model_id:
             raise ValueError(f"bundle was trained on backbone '{bundle.backbone_model_id}', "
                              f"but '{backbone.model_id}' is loaded")

@@ -259,7 +259,9 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
     from geoloc.places import nearest_places
 
     blank = [Image.new("RGB", (WARM_UP_SIDE, WARM_UP_SIDE * 3 // 4))]
-    features = features(embedder, blank) if features else embedder.features(blank)
+    run = features or (lambda model, images: model.features(images))
+    features = run(embedder, blank)
+    features = run(embedder, blank)  # a second pass traces the encoder, where it is traced (models/tracing.py)
     embedder.vectors(features)
     if embedder.bundle is not None:
         embedder.bundle.cell_log_probs(features)

@@ -72,6 +72,8 @@ class Settings(GalleryTuning):
     bundle: str | None = None
     device: str = "auto"
     batch_size: Count = 32
+    # on a CPU, a timm encoder's second forward pass on runs as one frozen TorchScript graph (models/tracing.py)
+    trace_model: Flag = True
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     # collection options, used when the server collection is created (an existing one keeps its own)

@@ -24,6 +24,7 @@ from timm.data import create_transform, resolve_data_config
 
 from geoloc.models.device import resolve_device
 from geoloc.models.encoding import run_batches, sha256_file
+from geoloc.models.tracing import TracedOnReuse
 
 # (input size, crop_pct) of the EfficientNet-Lite TF weights; mean = std = 0.5.
 LITE_EVAL = {0: (224, 0.875), 1: (240, 0.882), 2: (260, 0.890)}
@@ -103,7 +104,9 @@ class Backbone:
     """Frozen feature extractor; ``features()`` gives (n, dim) float32 pooled embeddings."""
 
     def __init__(self, name: str = "tf_efficientnet_lite0", checkpoint: str | Path | None = None,
-                 pretrained: str = "auto", device: str = "auto", batch_size: int = 32):
+                 pretrained: str = "auto", device: str = "auto", batch_size: int = 32, trace: bool = True):
+        """`trace`: from its second forward pass on, run the features as one frozen TorchScript graph (CPU;
+        geoloc.models.tracing)."""
         if pretrained not in ("auto", "hub", "none"):
             raise ValueError(f"pretrained must be 'auto', 'hub' or 'none', not {pretrained!r}")
         self.name, self.batch_size = name, int(batch_size)
@@ -142,6 +145,8 @@ class Backbone:
         self.device = resolve_device(device)
         self.model = model.eval().requires_grad_(False).to(self.device,
                                                            memory_format=torch.channels_last)
+        self._features = TracedOnReuse(lambda x: self.model.forward_head(self.model.forward_features(x),
+                                                                         pre_logits=True), self.model, trace)
 
     @property
     def model_id(self) -> str:
@@ -170,15 +175,17 @@ class Backbone:
         x = torch.stack([self.preprocess(im) for im in images])
         return x.to(self.device, memory_format=torch.channels_last)
 
-    def _run(self, images, head, width: int) -> np.ndarray:
-        return run_batches(images, self.batch_size, self._to_input,
-                           lambda x: head(self.model.forward_features(x)), width, self.device)
+    @property
+    def traced(self) -> bool:
+        """Whether the features now run as a frozen TorchScript graph."""
+        return self._features.traced
 
     def features(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32 global-average-pooled features."""
-        return self._run(images, lambda f: self.model.forward_head(f, pre_logits=True),
-                         self.dim)
+        return run_batches(images, self.batch_size, self._to_input, self._features, self.dim, self.device)
 
     def logits(self, images: list[Image.Image]) -> np.ndarray:
         """(n, num_classes) float32 classifier logits (ImageNet for the Lite package weights)."""
-        return self._run(images, self.model.forward_head, self.model.num_classes)
+        return run_batches(images, self.batch_size, self._to_input,
+                           lambda x: self.model.forward_head(self.model.forward_features(x)),
+                           self.model.num_classes, self.device)

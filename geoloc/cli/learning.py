@@ -34,7 +34,7 @@ def cmd_features(args) -> int:
     total = count_items(Path(args.source))
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     backbone = build_encoder(settings.backbone, settings.checkpoint, device=settings.device,
-                             batch_size=settings.batch_size)
+                             batch_size=settings.batch_size, trace=settings.trace_model)
     with tqdm(total=total, unit="photo", desc="features") as bar:
         features, skipped = extract_features(args.source, out, backbone, progress=bar.update)
     if args.json:
