@@ -38,3 +38,9 @@ def autocast(device: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def traces(device: torch.device) -> bool:
+    """Whether an encoder on `device` may run as a frozen TorchScript graph (models/tracing.py): on the CPU only,
+    as a GPU's mixed precision is autocast's, which a trace made outside it would not follow."""
+    return device.type == "cpu"

@@ -2,14 +2,14 @@
 
 Run layer by layer, a forward pass goes back to Python (and takes the interpreter lock) between every layer,
 and keeps each batch normalisation apart from the convolution before it. Traced and frozen, the whole graph
-runs in C++ with the normalisations folded into the convolutions, which on 2 CPU cores roughly halves the
+runs in C++ with the normalisations folded into the convolutions, which on 2 CPU cores takes about 40% off the
 forward pass and leaves the interpreter to a server's request threads meanwhile (README "Speed").
 
 Tracing costs about 0.4 s, so the first call runs as it is and the second traces: a command that runs the
 model once (`geoloc locate ONE.jpg`) never pays for it, while a server's warm-up (which runs the model twice)
 and every batch job pay it once. The trace is checked against the plain pass on the batch that made it; a
-model that does not trace, or traces to other features, keeps running as it is (logged). CPU only: a GPU's
-mixed precision stays with autocast. torch.jit is deprecated in favour of torch.compile, which needs a C++
+model that does not trace, or traces to other features, keeps running as it is (logged). CPU only
+(models.device.traces). torch.jit is deprecated in favour of torch.compile, which needs a C++
 toolchain at run time and minutes of compilation on a CPU; should a torch release drop it, the failed trace
 leaves the model as it is.
 """
@@ -22,6 +22,8 @@ import warnings
 from collections.abc import Callable
 
 import torch
+
+from geoloc.models.device import traces
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class TracedOnReuse:
             return self._traced(x)
         with self._lock:
             self._calls += 1
-            if self._traced is None and self.enabled and self._calls >= 2 and x.device.type == "cpu":
+            if self._traced is None and self.enabled and self._calls >= 2 and traces(x.device):
                 expected = self._plain(x)
                 self._traced = self._trace(x, expected)
                 return expected

@@ -1,11 +1,13 @@
 """Where models run, decided in one place (models/device.py), exercised on the CPU this machine has: the
-"auto" choice, the per-process GPU spread, the batch size, and mixed precision that is a no-op off a GPU."""
+"auto" choice, the per-process GPU spread, the batch size, mixed precision that is a no-op off a GPU, and
+tracing on the CPU only."""
 
 from __future__ import annotations
 
 import torch
 
-from geoloc.models.device import CPU_BATCH, GPU_BATCH, autocast, autocast_dtype, default_batch_size, resolve_device
+from geoloc.models.device import (CPU_BATCH, GPU_BATCH, autocast, autocast_dtype, default_batch_size, resolve_device,
+                                  traces)
 from geoloc.runtime import for_process
 from geoloc.settings import Settings
 
@@ -25,6 +27,7 @@ def test_batch_size_and_precision_follow_the_device():
     layer = torch.nn.Linear(4, 2)
     with autocast(torch.device("cpu")):
         assert layer(torch.ones(1, 4)).dtype == torch.float32
+    assert traces(torch.device("cpu")) and not traces(torch.device("cuda", 0))  # a GPU keeps autocast's precision
 
 
 def test_a_worker_process_resolves_auto_once_and_keeps_an_explicit_batch(tmp_path):
