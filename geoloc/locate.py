@@ -258,10 +258,13 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
 
     from geoloc.places import nearest_places
 
-    blank = [Image.new("RGB", (WARM_UP_SIDE, WARM_UP_SIDE * 3 // 4))]
+    size = (WARM_UP_SIDE, WARM_UP_SIDE * 3 // 4)
+    # a textured photo: the encoder's trace is checked on it (models/tracing.py), and a flat one checks little
+    blank = [Image.merge("RGB", [Image.effect_noise(size, 64), Image.linear_gradient("L").resize(size),
+                                 Image.effect_noise(size, 32)])]
     run = features or (lambda model, images: model.features(images))
     features = run(embedder, blank)
-    features = run(embedder, blank)  # a second pass traces the encoder, where it is traced (models/tracing.py)
+    features = run(embedder, blank)  # a second pass traces the encoder, where it is traced
     embedder.vectors(features)
     if embedder.bundle is not None:
         embedder.bundle.cell_log_probs(features)

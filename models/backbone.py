@@ -145,8 +145,7 @@ class Backbone:
         self.device = resolve_device(device)
         self.model = model.eval().requires_grad_(False).to(self.device,
                                                            memory_format=torch.channels_last)
-        self._features = TracedOnReuse(lambda x: self.model.forward_head(self.model.forward_features(x),
-                                                                         pre_logits=True), self.model, trace)
+        self._features = TracedOnReuse(lambda x: self._forward(x, pre_logits=True), self.model, trace)
 
     @property
     def model_id(self) -> str:
@@ -186,6 +185,8 @@ class Backbone:
 
     def logits(self, images: list[Image.Image]) -> np.ndarray:
         """(n, num_classes) float32 classifier logits (ImageNet for the Lite package weights)."""
-        return run_batches(images, self.batch_size, self._to_input,
-                           lambda x: self.model.forward_head(self.model.forward_features(x)),
+        return run_batches(images, self.batch_size, self._to_input, lambda x: self._forward(x, pre_logits=False),
                            self.model.num_classes, self.device)
+
+    def _forward(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=pre_logits)

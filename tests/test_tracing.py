@@ -55,7 +55,35 @@ def test_settings_can_keep_the_encoder_untraced(photos, tmp_path, monkeypatch):
     assert not embedder.backbone.traced
 
 
-def test_a_warmed_up_process_answers_its_first_photo_from_the_trace(tmp_path):
-    embedder = Embedder.from_settings(Settings(home=tmp_path, device="cpu"))
+def test_a_warmed_up_process_answers_its_first_photo_from_the_trace(photos, tmp_path):
+    embedder = Embedder.from_settings(Settings(home=tmp_path, device="cpu", batch_size=16))
     warm_up(embedder, tmp_path)
     assert embedder.backbone.traced
+    plain = Backbone(device="cpu", batch_size=16, trace=False)
+    batch = photos * 3  # 15 photos, as a server's calls hold up to 16
+    np.testing.assert_allclose(embedder.features(batch), plain.features(batch), atol=1e-4)
+
+
+def test_a_trace_that_holds_for_one_batch_size_only_is_not_kept(caplog):
+    owner = torch.nn.Linear(3, 3)
+    forward = TracedOnReuse(lambda x: owner(x).reshape(2, 3), owner, enabled=True)  # a batch of 2 baked in
+    with torch.inference_mode():
+        forward(torch.ones(2, 3))
+        forward(torch.ones(2, 3))  # traced: its check on a batch of 3 fails, so it stays layer by layer
+    assert not forward.traced and "could not be traced" in caplog.text
+
+
+def test_a_trace_that_fails_on_a_later_batch_gives_way_to_the_layers(caplog):
+    owner = torch.nn.Linear(3, 3)
+
+    def first_two(x):  # at most two rows; a trace keeps the count of rows it was made with
+        n = min(len(x), 2)
+        return owner(x)[:n].reshape(n, 3)
+
+    forward = TracedOnReuse(first_two, owner, enabled=True)
+    with torch.inference_mode():
+        forward(torch.ones(2, 3))
+        forward(torch.ones(2, 3))
+        assert forward.traced  # its checks, on batches of 2 and 3, hold
+        one = forward(torch.ones(1, 3))
+    assert one.shape == (1, 3) and not forward.traced and "runs layer by layer from now on" in caplog.text
