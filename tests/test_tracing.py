@@ -37,6 +37,7 @@ def test_the_trace_gives_the_layers_features_at_every_batch_size(photos):
         np.testing.assert_allclose(traced.features(photos[:size]), expected[:size], atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the point of the test
 def test_a_model_that_cannot_be_traced_runs_layer_by_layer(caplog):
     owner = torch.nn.Linear(3, 3)
     forward = TracedOnReuse(lambda x: owner(x).sum().item(), owner, enabled=True)  # a float: untraceable
@@ -64,6 +65,7 @@ def test_a_warmed_up_process_answers_its_first_photo_from_the_trace(photos, tmp_
     np.testing.assert_allclose(embedder.features(batch), plain.features(batch), atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the point of the test
 def test_a_trace_that_holds_for_one_batch_size_only_is_not_kept(caplog):
     owner = torch.nn.Linear(3, 3)
     forward = TracedOnReuse(lambda x: owner(x).reshape(2, 3), owner, enabled=True)  # a batch of 2 baked in
@@ -73,6 +75,7 @@ def test_a_trace_that_holds_for_one_batch_size_only_is_not_kept(caplog):
     assert not forward.traced and "could not be traced" in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the point of the test
 def test_a_trace_that_fails_on_a_later_batch_gives_way_to_the_layers(caplog):
     owner = torch.nn.Linear(3, 3)
 
