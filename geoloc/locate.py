@@ -260,11 +260,11 @@ def warm_up(embedder: Embedder, home: Path | None, features: Callable | None = N
 
     size = (WARM_UP_SIDE, WARM_UP_SIDE * 3 // 4)
     # a textured photo: the encoder's trace is checked on it (models/tracing.py), and a flat one checks little
-    blank = [Image.merge("RGB", [Image.effect_noise(size, 64), Image.linear_gradient("L").resize(size),
+    photo = [Image.merge("RGB", [Image.effect_noise(size, 64), Image.linear_gradient("L").resize(size),
                                  Image.effect_noise(size, 32)])]
     run = features or (lambda model, images: model.features(images))
-    features = run(embedder, blank)
-    features = run(embedder, blank)  # a second pass traces the encoder, where it is traced
+    run(embedder, photo)
+    features = run(embedder, photo)  # the second pass traces the encoder, where it is traced
     embedder.vectors(features)
     if embedder.bundle is not None:
         embedder.bundle.cell_log_probs(features)
