@@ -67,9 +67,11 @@ class TracedOnReuse:
                             len(x), exc)
                 self._traced = None
                 return self._plain(x)
+        if not self.enabled or not traces(x.device):  # off, on a GPU, or given up: no lock on this path
+            return self._plain(x)
         with self._lock:
             self._calls += 1
-            if self._traced is None and self.enabled and self._calls >= 2 and traces(x.device):
+            if self._traced is None and self.enabled and self._calls >= 2:
                 expected = self._plain(x)
                 self._traced = self._trace(x, expected)
                 return expected
@@ -83,7 +85,8 @@ class TracedOnReuse:
         try:
             traced = torch.jit.freeze(torch.jit.trace(self._module.eval(), x, check_trace=False))
             same = _agree(traced(x), expected) and _agree(traced(other), self._plain(other))
-            traced(x)  # a graph's first two runs at a batch size are slow: the caller's next is not
+            if same:
+                traced(x)  # a graph's first two runs at a batch size are slow: the caller's next is not
         except Exception as exc:
             log.warning("the encoder runs layer by layer: it could not be traced (%s)", exc)
             return None
