@@ -1,8 +1,9 @@
 """Run the items of concurrent requests through one call together: the API's micro-batcher for the encoder.
 
 Each request submits its items (its decoded photos) and gets back its own slice of the results, in its order.
-One thread takes the requests in arrival order and runs them together, at most `max_items` items per call (a
-request larger than that runs alone, whole). A request that finds nothing else queued while traffic is light
+A thread takes the requests in arrival order and runs them together, at most `max_items` items per call (a
+request larger than that runs alone, whole); with `lanes` > 1, that many threads do so side by side, each taking
+the next requests when it is free. A request that finds nothing else queued while traffic is light
 (the last call held a single request) runs at once, so a lone client never waits for company. When requests
 arrive together, the thread waits up to `wait_s` for as many as the last call held, then runs what it has, so
 a burst costs one forward pass rather than one per request. A call that fails is made again request by request,
@@ -29,16 +30,18 @@ class Batcher:
     """`run(items)` -> one result per item, sliceable (a list, an array); called on the batcher's own thread."""
 
     def __init__(self, run: Callable[[list], Sequence], max_items: int = 16, wait_s: float = 0.005,
-                 name: str = "geoloc-batcher"):
-        if max_items < 1 or wait_s < 0:
-            raise ValueError("max_items must be at least 1 and wait_s at least 0")
+                 name: str = "geoloc-batcher", lanes: int = 1):
+        if max_items < 1 or wait_s < 0 or lanes < 1:
+            raise ValueError("max_items and lanes must be at least 1, wait_s at least 0")
         self._run, self.max_items, self.wait_s = run, max_items, wait_s
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._last_requests = 1  # requests in the last call: how many to wait for when several arrive together
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
+        names = [f"{name}-{lane}" for lane in range(lanes)] if lanes > 1 else [name]
+        self._threads = [threading.Thread(target=self._serve, name=each, daemon=True) for each in names]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, items: Sequence) -> Future:
         """A future of `items`' results, in their order."""
@@ -58,8 +61,9 @@ class Batcher:
         """Answer what is queued, then stop the thread."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     def _serve(self) -> None:
         while (batch := self._gather()) is not None:

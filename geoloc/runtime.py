@@ -102,7 +102,7 @@ class Runtime:
         from geoloc.gallery.base import GalleryError
         from geoloc.locate import warm_up
 
-        torch.set_num_threads(self.settings.torch_threads)
+        torch.set_num_threads(max(1, self.settings.torch_threads // self.settings.serve_lanes))
         own = self._own_model()
         try:
             embedder = self.serving()[0]

@@ -119,8 +119,11 @@ class Settings(GalleryTuning):
     torch_threads: Count = Field(default_factory=lambda: _default_threads())
     # the API runs photos of concurrent locate/similar requests through the encoder together: at most this many
     # at once, waiting at most this long for more once several requests are seen to arrive together
-    serve_batch_photos: Count = 16
+    serve_batch_photos: Count = 8
     serve_batch_wait_ms: Annotated[float, Field(ge=0)] = 5.0
+    # forward passes the API runs side by side, each on torch_threads // serve_lanes threads: on 2 cores, two
+    # one-thread passes answer more than one two-thread pass, which stalls whenever a request thread takes a core
+    serve_lanes: Count = 2
 
     def __init__(self, **values: Any):
         if os.environ.get(ENV_PREFIX + "EDGE_INT8", "").strip():  # renamed: ignored, it would make float32 stores

@@ -58,7 +58,7 @@ class Services:
             if batcher is None:
                 batcher = self._batchers[embedder.model_id] = Batcher(
                     embedder.features, self.settings.serve_batch_photos, self.settings.serve_batch_wait_ms / 1000,
-                    name=f"geoloc-batcher-{len(self._batchers)}")
+                    name=f"geoloc-batcher-{len(self._batchers)}", lanes=self.settings.serve_lanes)
         features = batcher(images)
         self.model_state = "ok"  # a model that failed to load at start may load on a request
         return features

@@ -2,7 +2,7 @@
 
 Behaviour only, never the clock: each request gets its own results in its order, requests that queue together
 run together within the item bound, one bad photo fails only its own request, a lone request never waits for
-company, a wait for company ends, and a started server has its model, place names and threads ready."""
+company, a wait for company ends, lanes run side by side, and a started server has its model, place names and threads ready."""
 
 from __future__ import annotations
 
@@ -147,6 +147,28 @@ def test_close_answers_what_is_queued_then_refuses(batcher_of):
         batcher.submit([5])
 
 
+def test_lanes_run_calls_side_by_side_and_close_together(batcher_of):
+    running, release = threading.Semaphore(0), threading.Event()
+
+    def run(items: list) -> list:
+        running.release()
+        assert release.wait(30)
+        return [2 * x for x in items]
+
+    batcher = Batcher(run, max_items=16, wait_s=0, lanes=2)
+    first = batcher.submit([1])
+    assert running.acquire(timeout=30)
+    second = batcher.submit([2])  # the first call is held: only a second lane can start this one
+    assert running.acquire(timeout=30)
+    release.set()
+    assert (first.result(30), second.result(30)) == ([2], [4])
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(batcher, [[i] for i in range(20)])) == [[2 * i] for i in range(20)]
+    batcher.close()
+    with pytest.raises(RuntimeError):
+        batcher.submit([5])
+
+
 def test_arrays_are_sliced_per_request(batcher_of):
     batcher = batcher_of(lambda items: np.stack([np.full(3, x, np.float32) for x in items]), wait_s=0.01)
     with ThreadPoolExecutor(4) as pool:
@@ -172,21 +194,22 @@ def test_concurrent_locates_each_get_the_answer_a_lone_one_gets(api, photos):
     assert similar["neighbours"][0]["id"] == alone[0]["neighbours"][0]["id"]
 
 
-def test_a_started_server_has_loaded_what_a_locate_needs(tmp_path, embedder, monkeypatch):
+@pytest.mark.parametrize("threads, lanes, per_lane", [(1, 2, 1), (2, 2, 1), (2, 1, 2)])
+def test_a_started_server_has_loaded_what_a_locate_needs(tmp_path, embedder, monkeypatch, threads, lanes, per_lane):
     monkeypatch.setattr(places, "_gazetteer", None)  # as in a fresh process
     settings = Settings(home=tmp_path, broker_url=None, qdrant_url=None, bundle=None, require_keys=False,
-                        torch_threads=1)
+                        torch_threads=threads, serve_lanes=lanes)
     services = build_services(settings, embedder)
     try:
         with TestClient(create_app(services=services)) as client:
             assert places._gazetteer is not None  # before any request
             ready = client.get("/readyz")
             assert ready.status_code == 200 and ready.json()["checks"]["model"] == "ok"
-            threads = []
-            worker = threading.Thread(target=lambda: threads.append(torch.get_num_threads()))
+            seen = []
+            worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
             worker.start()
             worker.join()
-            assert threads == [1]
+            assert seen == [per_lane]  # the server's lanes share the threads it was given
     finally:
         services.close()
         torch.set_num_threads(1)
