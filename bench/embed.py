@@ -3,7 +3,9 @@
     .venv/bin/python bench/embed.py [--photos 256] [--manifest ../shared/data/im2gps3k-dev/manifest.csv]
 
 Backbone alone: decoded photos in memory, features in batches (the ceiling), as the product runs it (a frozen
-TorchScript graph from its second pass, models/tracing.py) and layer by layer (GEOLOC_TRACE_MODEL=0).
+TorchScript graph from its second pass, models/tracing.py; on a CPU, forward passes of at most
+models.device.CPU_PASS photos), layer by layer (GEOLOC_TRACE_MODEL=0), and traced with each batch in one pass
+(as before CPU_PASS).
 Index in-process: decode + validate + features + upsert into a fresh embedded gallery.
 Index CLI: the `geoloc index` command as a user runs it, start-up and model load included.
 Ratios are against the backbone measured in the same run; results go to bench/results/embed.json.
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geoloc.gallery.edge import EdgeGallery  # noqa: E402
+from geoloc.models import encoding  # noqa: E402
 from geoloc.embedding import Embedder  # noqa: E402
 from geoloc.indexing import index_records  # noqa: E402
 from geoloc.ingest.records import PhotoRecord  # noqa: E402
@@ -56,6 +60,12 @@ def backbone_rate(backbone: Backbone, images: list, batch_size: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+def whole_batch_rate(images: list, batch_size: int) -> float:
+    """backbone_rate with each batch in one forward pass, however large: what CPU_PASS is compared with."""
+    with mock.patch.object(encoding, "pass_size", lambda device, size: size):
+        return backbone_rate(Backbone(batch_size=batch_size), images, batch_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", default=str(ROOT.parent / "shared/data/im2gps3k-dev/manifest.csv"))
@@ -69,6 +79,7 @@ def main() -> None:
     backbone = Backbone(batch_size=args.batch_size)
     layered_rate = backbone_rate(Backbone(batch_size=args.batch_size, trace=False), images, args.batch_size)
     rate = backbone_rate(backbone, images, args.batch_size)
+    whole_rate = whole_batch_rate(images, args.batch_size)
     embedder = Embedder(backbone)
     with EdgeGallery(work / "gallery", embedder.dim) as gallery:
         report = index_records(iter_source(manifest), "bench", gallery, embedder, batch_size=args.batch_size)
@@ -85,9 +96,11 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "backbone_img_per_s": round(rate, 1),
         "backbone_layer_by_layer_img_per_s": round(layered_rate, 1),
+        "backbone_whole_batch_pass_img_per_s": round(whole_rate, 1),
         "index_in_process_img_per_s": round(pipeline_rate, 1),
         "index_cli_img_per_s": round(cli_rate, 1),
         "backbone_layer_by_layer_vs_backbone": round(layered_rate / rate, 3),
+        "backbone_whole_batch_pass_vs_backbone": round(whole_rate / rate, 3),
         "index_in_process_vs_backbone": round(pipeline_rate / rate, 3),
         "index_cli_vs_backbone": round(cli_rate / rate, 3),
     }
@@ -97,6 +110,7 @@ def main() -> None:
     print("| measure | photos/s | ratio to backbone |\n|---|---|---|")
     print(f"| backbone alone (decoded, batch {args.batch_size}) | {rate:.1f} | 1.00 |")
     print(f"| backbone alone, layer by layer | {layered_rate:.1f} | {layered_rate / rate:.2f} |")
+    print(f"| backbone alone, the batch in one pass | {whole_rate:.1f} | {whole_rate / rate:.2f} |")
     print(f"| index in-process (decode+embed+upsert) | {pipeline_rate:.1f} | {pipeline_rate / rate:.2f} |")
     print(f"| `geoloc index` CLI (incl. start-up) | {cli_rate:.1f} | {cli_rate / rate:.2f} |")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoloc.models.device import autocast
+from geoloc.models.device import autocast, pass_size
 
 
 class EncoderUnavailable(ValueError):
@@ -28,11 +28,11 @@ def sha256_file(path: str | Path) -> str:
 def run_batches(items: Sequence, batch_size: int, to_input: Callable[[Sequence], torch.Tensor],
                 forward: Callable[[torch.Tensor], torch.Tensor], width: int, device: torch.device) -> np.ndarray:
     """(n, width) float32: `forward` over `to_input` of each batch of at most `batch_size` items (images,
-    prompts), without gradients and in the device's mixed precision."""
-    outs = []
+    prompts; on a CPU at most models.device.CPU_PASS), without gradients and in the device's mixed precision."""
+    outs, size = [], pass_size(device, batch_size)
     with torch.inference_mode():
-        for i in range(0, len(items), batch_size):
-            x = to_input(items[i:i + batch_size])
+        for i in range(0, len(items), size):
+            x = to_input(items[i:i + size])
             with autocast(device):
                 y = forward(x)
             outs.append(y.float().cpu().numpy())
