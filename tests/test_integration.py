@@ -166,7 +166,11 @@ def test_job_survives_a_killed_worker(stack, photos):
     assert sorted(ids) == sorted(point_id("killed", r["sha256"]) for r in photos)
     assert collection_counts(client)["killed"] == N_PHOTOS
     sent_again = [line for line in stack["api"].log.read_text().splitlines() if "sending it again" in line]
-    assert sent_again == [f"batch {batch} of job {job_id} was lost by the broker: sending it again"], sent_again
+    # the dropped batch, and no other but the killed worker's own when the kill fell between its taking that batch
+    # from the queue and recording it as unacknowledged: the window geoloc.deliveries exists for (a batch takes
+    # 0.07 s here, so the kill lands in it now and then)
+    assert f"batch {batch} of job {job_id} was lost by the broker: sending it again" in sent_again, sent_again
+    assert len(sent_again) <= 2, sent_again
     assert broker.zscore(FRONT, "front") > int(send)  # the workers recorded the sends they took, the new one too
     broker.close()
 
