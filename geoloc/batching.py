@@ -27,7 +27,7 @@ class _Request:
 
 
 class Batcher:
-    """`run(items)` -> one result per item, sliceable (a list, an array); called on the batcher's own thread."""
+    """`run(items)` -> one result per item, sliceable (a list, an array); called on the batcher's own threads."""
 
     def __init__(self, run: Callable[[list], Sequence], max_items: int = 16, wait_s: float = 0.005,
                  name: str = "geoloc-batcher", lanes: int = 1):
@@ -58,7 +58,7 @@ class Batcher:
         return self.submit(items).result()
 
     def close(self) -> None:
-        """Answer what is queued, then stop the thread."""
+        """Answer what is queued, then stop the threads."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()

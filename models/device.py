@@ -10,7 +10,7 @@ import torch
 CPU_BATCH = 32
 GPU_BATCH = 128
 # photos per forward pass on a CPU: a larger pass's activations leave the caches, and each photo costs more
-# (EfficientNet-Lite0 on 2 cores: 251 photos/s at 4 a pass, 156 at 8, 112 at 32; bench/embed.py)
+# (EfficientNet-Lite0 on 2 cores: twice the photos/s in passes of 4 as in passes of 32; bench/embed.py)
 CPU_PASS = 4
 
 
