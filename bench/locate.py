@@ -7,8 +7,9 @@ batch of one, warm, timed inside the thread that runs it, where the server runs 
 that runs every forward pass of its phase and was warmed up there, at the same torch thread count (--threads
 here, GEOLOC_TORCH_THREADS and OMP_NUM_THREADS in the server), so the ratios compare like with like (a forward
 pass from a second thread of a process that has run one on another thread can be much slower). In the
-in-process phase the baseline runs on the services' own batcher thread, beside the locates' forward passes; in
-the HTTP phase on a batcher thread of this process, alternating with the server's. Each phase alternates its
+in-process phase the baseline runs on the services' own batcher (on either of its lanes' threads, as a request
+does), beside the locates' forward passes; in the HTTP phase on a batcher thread of this process, alternating
+with the server's. Each phase alternates its
 repetitions with the baseline's (and, back to back, the baseline's best case, for reference); the gallery is
 indexed by `geoloc index` in a subprocess, so no other thread of this process has run the model.
 In-process: the API's path from the photo's bytes over the API's own Services, started as a server starts them
