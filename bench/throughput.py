@@ -120,9 +120,9 @@ def run(args, work: Path) -> dict:
         level["ratio_to_encoder"] = round(level["photos_per_s"] / baseline["encoder"], 3)
     return {"command": " ".join(["bench/throughput.py", *sys.argv[1:]]), "torch_threads": torch.get_num_threads(),
             "server_torch_threads": args.threads,
-            "server_batch": {"photos": env.get("GEOLOC_SERVE_BATCH_PHOTOS", "16 (default)"),
-                             "wait_ms": env.get("GEOLOC_SERVE_BATCH_WAIT_MS", "5 (default)"),
-                             "lanes": env.get("GEOLOC_SERVE_LANES", "1 (default)")},
+            # as the server reads them: it inherits this process's environment
+            "server_batch": {"photos": settings.serve_batch_photos, "wait_ms": settings.serve_batch_wait_ms,
+                             "lanes": settings.serve_lanes},
             "model": model, "gallery_photos": indexed, "query_photos": len(photos),
             "phases": watch.phases, "baseline_photos_per_s": baseline,
             "baseline_runs": {"before": before, "after": after},

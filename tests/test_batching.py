@@ -2,7 +2,8 @@
 
 Behaviour only, never the clock: each request gets its own results in its order, requests that queue together
 run together within the item bound, one bad photo fails only its own request, a lone request never waits for
-company, a wait for company ends, lanes run side by side, and a started server has its model, place names and threads ready."""
+company, a wait for company ends, lanes run side by side, and a started server has its model, place names and
+threads ready."""
 
 from __future__ import annotations
 
