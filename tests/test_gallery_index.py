@@ -17,7 +17,7 @@ from geoloc import job_store
 from geoloc.cells import leaf_range
 from geoloc.cli import main
 from geoloc.gallery.base import DEFAULT_HNSW_EF, FULL_SCAN_KB, GalleryPoint, SearchFilter, make_payload
-from geoloc.gallery.edge import OLD_SHARD_DIR, SHARD_DIR, EdgeGallery
+from geoloc.gallery.edge import OLD_SHARD_DIR, SEARCH_THREADS, SHARD_DIR, EdgeGallery
 from geoloc.gallery.edge_index import BUILD_DIR
 from geoloc.gallery.edge_meta import read_layout
 from geoloc.gallery.open import open_gallery
@@ -263,8 +263,10 @@ def test_a_new_store_builds_the_graph_its_settings_name_and_keeps_it(tmp_path):
     dense = GalleryTuning(hnsw_m=32, hnsw_ef_construct=256)
     with EdgeGallery(tmp_path / "edge", DIM, tuning=dense):
         pass
-    stored = json.loads((tmp_path / "edge" / SHARD_DIR / "edge_config.json").read_text())["hnsw_config"]
+    config = json.loads((tmp_path / "edge" / SHARD_DIR / "edge_config.json").read_text())
+    stored = config["hnsw_config"]
     assert (stored["m"], stored["ef_construct"]) == (32, 256)
+    assert config["max_search_threads"] == SEARCH_THREADS
     with EdgeGallery(tmp_path / "edge", DIM):  # reopened with the defaults: the shard keeps its own graph
         pass
     assert json.loads((tmp_path / "edge" / SHARD_DIR / "edge_config.json").read_text())["hnsw_config"] == stored
