@@ -10,6 +10,7 @@ at a million). Build and search each run in a fresh process, so memory is the ga
 
     .venv/bin/python bench/gallery_scale.py --photos 100000
 
+`--limit 50` asks each search for as many photos as locate does (the first 10 are scored);
 `--keep` leaves the built galleries under --work; a later run with `--reuse` searches them again, unbuilt.
 """
 
@@ -30,6 +31,7 @@ import s2sphere
 
 from harness import ROOT, Watch, stats
 
+from geoloc.aggregation import POOL_SIZE
 from geoloc.cells import to_int64
 from geoloc.embedding import l2_normalise
 from geoloc.features import load_features
@@ -193,9 +195,9 @@ def search(args) -> dict:
                 for i, q in enumerate(plan["queries"]):
                     flt = None if ranges is None else gallery._native_filter(SearchFilter(cell_ranges=[ranges[i]]))
                     t = time.perf_counter()
-                    hits = gallery._query(q, K, flt, exact=label == "exact")
+                    hits = gallery._query(q, args.limit, flt, exact=label == "exact")
                     times.append(time.perf_counter() - t)
-                    ids.append([str(h.id) for h in hits])
+                    ids.append([str(h.id) for h in hits[:K]])
                 passes.append(times)
             out["runs"][f"{mode}/{label}"] = {"ids": ids, "passes": passes}
     out["rss_after_exact"] = rss_mib()
@@ -243,6 +245,7 @@ def child(kind: str, args, layout: str, extra: list[str] | None = None) -> dict:
     command = [sys.executable, __file__, f"--{kind}", "--layout", layout, "--photos", str(args.photos),
                "--work", str(args.work), "--features", str(args.features), "--noise", str(args.noise),
                "--m", str(args.m), "--ef-construct", str(args.ef_construct), "--passes", str(args.passes),
+               "--limit", str(args.limit),
                *(extra or [])]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout)
@@ -273,7 +276,7 @@ def run(args) -> dict:
     plan = Path(args.work) / "plan.json"
     plan.write_text(json.dumps({"queries": queries.tolist(), "cells": {n: c[0] for n, c in cells.items()}}))
     result = {"photos": args.photos, "dim": int(fs.features.shape[1]), "base_photos": len(base),
-              "queries": len(rows), "noise": args.noise, "spread_km": SPREAD_KM,
+              "queries": len(rows), "noise": args.noise, "spread_km": SPREAD_KM, "limit": args.limit,
               "graph": {"m": args.m, "ef_construct": args.ef_construct},
               "cell_photos": {n: {"median": int(np.median(c[1])), "min": int(min(c[1])), "max": int(max(c[1]))}
                               for n, c in cells.items()}, "layouts": {}}
@@ -302,6 +305,8 @@ def main() -> None:
     parser.add_argument("--efs", default="", help="hnsw_ef values to measure, comma-separated (default: 16 ... 512)")
     parser.add_argument("--passes", type=int, default=1,
                         help="times each setting runs the queries in a row; latency is the last pass's")
+    parser.add_argument("--limit", type=int, default=K, help=f"photos each search asks for (locate: {POOL_SIZE}, "
+                        f"aggregation.POOL_SIZE); recall@10 is that of the first {K}")
     parser.add_argument("--noise", type=float, default=NOISE, help="jitter of the copies (see NOISE)")
     parser.add_argument("--m", type=int, default=GalleryTuning().hnsw_m, help="HNSW links per photo")
     parser.add_argument("--ef-construct", type=int, default=GalleryTuning().hnsw_ef_construct,
