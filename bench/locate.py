@@ -164,7 +164,7 @@ def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Emb
     baseline = Forward(lambda images: services.features(services.embedder, images), image, clock)
     alternate(lambda: locate_once(services, data, clock), baseline, repeats)
     clock.laps = {name: laps[WARMUP:] for name, laps in clock.laps.items()}
-    rest = [t - f for t, f in zip(clock.laps["total"], clock.laps["batched features"])]
+    between = [t - f for t, f in zip(clock.laps["total"], clock.laps["batched features"])]
     # all but the forward pass, back to back on the query's features: with the caches as that work leaves them
     hot, features = Clock(), services.features(services.embedder, [image])
     TIMED_GALLERIES.clear()  # its searches timed on this clock
@@ -178,7 +178,7 @@ def in_process(data: bytes, repeats: int) -> tuple[Clock, list[float], dict, Emb
         back_to_back()
     services.close()  # the embedded gallery admits one process at a time: the server opens it next
     embedder = Embedder(services.runtime.embedder.backbone)  # the same backbone, for the HTTP phase's baseline
-    rest = {"between_forward_passes": stats(rest), "back_to_back": stats(hot.laps["total"][WARMUP:])}
+    rest = {"between_forward_passes": stats(between), "back_to_back": stats(hot.laps["total"][WARMUP:])}
     return clock, baseline.times[WARMUP:], {"start_s": round(started, 3), "cold_first_locate_s": round(cold, 3),
                                             "answer": first, "back_to_back": stats(back_to_back.times),
                                             "rest": rest}, embedder
@@ -293,7 +293,7 @@ def run(args, work: Path) -> dict:
     }
 
 
-def ratio(a: dict, b: dict) -> dict:  # of medians and of p90s
+def ratio(a: dict, b: dict) -> dict:
     return {"median": round(a["median_ms"] / b["median_ms"], 2), "p90": round(a["p90_ms"] / b["p90_ms"], 2)}
 
 
